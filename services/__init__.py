@@ -1,0 +1,1 @@
+"""The gateway's three processes: ingest, decode and wsfanout."""

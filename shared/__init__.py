@@ -1,0 +1,1 @@
+"""What more than one service uses: frames, config, logging, ZeroMQ and metrics helpers."""

@@ -1,0 +1,1 @@
+"""Test helpers that talk to real things: a private Mosquitto, real service processes."""
