@@ -65,7 +65,9 @@ def load(
     )
     for s in settings:
         shown = "(hidden)" if s.secret and s.default else repr(s.default)
-        parser.add_argument(s.flag, dest=s.field, metavar="VALUE", help=f"{s.help} [{s.env}, default {shown}]")
+        parser.add_argument(
+            s.flag, dest=s.field, metavar="VALUE", help=f"{s.help} [{s.env}, default {shown}]"
+        )
     try:
         args = parser.parse_args(list(argv) if argv is not None else None)
     except SystemExit as exc:  # --help prints and exits 0

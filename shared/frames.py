@@ -62,7 +62,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def pack_raw(frame: RawFrame) -> bytes:
-    return _packer.pack(
+    packed: bytes = _packer.pack(
         {
             "v": RAW_VERSION,
             "src": frame.src,
@@ -74,6 +74,7 @@ def pack_raw(frame: RawFrame) -> bytes:
             "retain": frame.retain,
         }
     )
+    return packed
 
 
 def _unpack_map(data: bytes, max_bytes: int) -> dict[Any, Any]:

@@ -51,11 +51,15 @@ class StatusServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="status-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="status-http", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
-        logger.info("📈 /metrics and /healthz on http://%s:%d", self._server.server_address[0], self.port)
+        logger.info(
+            "📈 /metrics and /healthz on http://%s:%d", self._server.server_address[0], self.port
+        )
 
     def close(self) -> None:
         self._server.shutdown()

@@ -21,7 +21,9 @@ MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 
 class Broker:
-    def __init__(self, workdir: Path, port: int | None = None, extra: str = "", listener_extra: str = "") -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, extra: str = "", listener_extra: str = ""
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.host = "127.0.0.1"
@@ -58,9 +60,10 @@ class Broker:
 
     def start(self) -> Broker:
         self.conf_path.write_text(self.config_text())
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf_path)], stdout=log, stderr=log)
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.conf_path)], stdout=log, stderr=log
+            )
         deadline = time.monotonic() + seconds(10)
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

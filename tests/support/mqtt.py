@@ -23,11 +23,15 @@ class Publisher:
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         if connect_kwargs.get("username"):
-            self.client.username_pw_set(str(connect_kwargs["username"]), str(connect_kwargs.get("password", "")))
+            self.client.username_pw_set(
+                str(connect_kwargs["username"]), str(connect_kwargs.get("password", ""))
+            )
         self.client.connect(host, port)
         self.client.loop_start()
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(
+        self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False
+    ) -> mqtt.MQTTMessageInfo:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def publish_all(self, items: Iterable[tuple[str, bytes | str]], qos: int = 1) -> int:

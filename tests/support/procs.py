@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ServiceProcess:
-    def __init__(self, name: str, env: dict[str, str], workdir: Path, args: list[str] | None = None) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], workdir: Path, args: list[str] | None = None
+    ) -> None:
         self.name = name
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info", **env}
         self.args = args or []
@@ -24,15 +26,14 @@ class ServiceProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{self.name}", *self.args],
-            env=self.env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"services.{self.name}", *self.args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
         return self
 
     def log_text(self) -> str:
@@ -43,12 +44,14 @@ class ServiceProcess:
 
         def found() -> re.Match[str] | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}"
+                )
             return regex.search(self.log_text())
 
         return wait_for(found, timeout, f"{self.name} log line /{pattern}/")
 
-    def signal(self, sig: int) -> None:
+    def send_signal(self, sig: int) -> None:
         assert self.proc is not None
         self.proc.send_signal(sig)
 
@@ -63,7 +66,9 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-                raise AssertionError(f"{self.name} did not stop within {timeout}s:\n{self.log_text()[-3000:]}") from None
+                raise AssertionError(
+                    f"{self.name} did not stop within {timeout}s:\n{self.log_text()[-3000:]}"
+                ) from None
         return self.proc.returncode
 
     def kill(self) -> None:
@@ -76,7 +81,9 @@ class ServiceProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def run_cli(name: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    name: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 30.0
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m services.<name> ARGS`` to completion (for --help, bad config, tools)."""
     return subprocess.run(
         [sys.executable, "-m", f"services.{name}", *args],

@@ -18,7 +18,9 @@ READY = {
 
 
 class Stack:
-    def __init__(self, broker: Broker, workdir: Path, decoders: int = 2, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, broker: Broker, workdir: Path, decoders: int = 2, env: dict[str, str] | None = None
+    ) -> None:
         self.broker = broker
         self.workdir = workdir
         self.raw = free_endpoint()
@@ -49,7 +51,9 @@ class Stack:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.ws_port}"
 
-    def start_service(self, name: str, env: dict[str, str] | None = None, wait: bool = True) -> ServiceProcess:
+    def start_service(
+        self, name: str, env: dict[str, str] | None = None, wait: bool = True
+    ) -> ServiceProcess:
         proc = ServiceProcess(name, {**self.env, **(env or {})}, self.workdir).start()
         self.procs[name].append(proc)
         if wait:

@@ -39,7 +39,11 @@ class Collector:
         return [m for m in self.snapshot() if "type" not in m]
 
     def wait_events(self, count: int, timeout: float = 20.0) -> list[dict[str, Any]]:
-        wait_for(lambda: len(self.events()) >= count, timeout, f"{count} events (have {len(self.events())})")
+        wait_for(
+            lambda: len(self.events()) >= count,
+            timeout,
+            f"{count} events (have {len(self.events())})",
+        )
         return self.events()
 
     def send(self, obj: Any) -> None:
