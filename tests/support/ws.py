@@ -14,7 +14,8 @@ from tests.support.timing import wait_for
 
 class Collector:
     def __init__(self, url: str, **connect_kwargs: Any) -> None:
-        self.conn: ClientConnection = connect(url, open_timeout=10, **connect_kwargs)
+        # legacy=True: a plain connection object, not a context manager (websockets >= 17.1).
+        self.conn: ClientConnection = connect(url, open_timeout=10, legacy=True, **connect_kwargs)
         self.messages: list[dict[str, Any]] = []
         self.closed: ConnectionClosed | None = None
         self._lock = threading.Lock()
