@@ -1,0 +1,155 @@
+"""ingest's wiring: PUSH socket, status endpoint, sender thread, MQTT thread, graceful stop.
+
+Shutdown on SIGTERM/SIGINT: take no new messages (they stay unacknowledged, so the broker
+redelivers them), forward and acknowledge what is held within MQTT_DRAIN_TIMEOUT,
+DISCONNECT (the persistent session stays on the broker), close the PUSH socket with a
+bounded linger, log a summary, exit 0. A second signal skips the drain.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+import zmq
+
+from services.ingest.config import Config, load
+from services.ingest.forwarder import SEND_POLL_S, Forwarder, Inbound
+from services.ingest.metrics import Metrics
+from services.ingest.mqtt_link import MqttLink
+from shared import service, zmq_util
+from shared.http_status import StatusServer
+
+logger = logging.getLogger(__name__)
+
+MQTT_CLOSE_TIMEOUT_S = 3.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return service.main("ingest", argv, load, run)
+
+
+def open_push(ctx: zmq.Context, config: Config) -> zmq.Socket:  # type: ignore[type-arg]
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
+    # IMMEDIATE: queue frames only for decoders whose connection is complete; a small
+    # kernel buffer keeps the in-flight window what ZMQ_SNDHWM says (RELIABILITY.md §0.7).
+    zmq_util.configure(sock, hwm=config.zmq_sndhwm, kernel_buffer=config.zmq_sndbuf, immediate=True)
+    # A blocked send (every decoder busy) returns now and then so a stop is noticed.
+    sock.setsockopt(zmq.SNDTIMEO, int(SEND_POLL_S * 1000))
+    try:
+        zmq_util.bind(sock, config.zmq_raw_bind, "raw frames PUSH")
+    except OSError:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
+def run(config: Config) -> int:
+    stop = threading.Event()
+    metrics = Metrics()
+    inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+    metrics.queue_depth.set_function(inbox.qsize)
+    link = MqttLink(config, inbox, metrics)
+    forwarder: Forwarder | None = None
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if stop.is_set() and forwarder is not None:
+            forwarder.abort()  # second signal: skip the drain
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    _log_start(config)
+    ctx = zmq.Context()
+    try:
+        push = open_push(ctx, config)
+    except OSError:
+        ctx.term()
+        raise
+    status: StatusServer | None = None
+    if config.metrics_port:
+        try:
+            status = StatusServer(
+                config.metrics_host, config.metrics_port, metrics.registry, link.ready
+            )
+        except OSError as exc:
+            push.close(linger=0)
+            ctx.term()
+            raise OSError(
+                f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
+            ) from None
+        status.start()
+
+    forwarder = Forwarder(push, inbox, link, config.zmq_raw_src, metrics)
+    forwarder.start()
+    link.start()
+    exit_code = 0
+    while not stop.wait(0.5):
+        if not (forwarder.alive and link.alive):  # cannot happen unless there is a bug
+            logger.error("❌ A worker thread died; stopping")
+            exit_code = 1
+            break
+
+    held = inbox.qsize()
+    logger.info(
+        "🛑 Stopping: taking no new messages; forwarding the %d held (at most %g s)",
+        held,
+        config.mqtt_drain_timeout,
+    )
+    link.stop_intake()
+    left = forwarder.finish(config.mqtt_drain_timeout)
+    if left:
+        metrics.deferred.inc(left)
+    link.close(MQTT_CLOSE_TIMEOUT_S)
+    push.close(linger=zmq_util.LINGER_MS)
+    ctx.term()
+    if status is not None:
+        status.close()
+    logger.info(
+        "🛑 Stopped: received %d, forwarded %d (last seq %d), acknowledged %d; %d left "
+        "unacknowledged for the broker to redeliver",
+        metrics.value("gateway_mqtt_messages_received_total"),
+        metrics.value("gateway_ingest_frames_forwarded_total"),
+        forwarder.seq,
+        metrics.value("gateway_mqtt_acks_total"),
+        metrics.value("gateway_ingest_deferred_total"),
+    )
+    return exit_code
+
+
+def _log_start(c: Config) -> None:
+    session = (
+        f"persistent session {c.mqtt_session_expiry} s"
+        if c.mqtt_session_expiry
+        else "no persistent session"
+    )
+    logger.info(
+        "🚀 ingest %s: MQTT %s%s as %r (MQTT %s, %s, receive maximum %d, QoS %d), frames src %r",
+        "starting",
+        c.broker_address,
+        " over TLS" if c.tls_context else "",
+        c.mqtt_client_id,
+        c.mqtt_protocol,
+        session,
+        c.mqtt_receive_maximum,
+        c.mqtt_qos,
+        c.zmq_raw_src,
+    )
+    if c.mqtt_tls_insecure:
+        logger.warning(
+            "⚠️ MQTT_TLS_INSECURE=true: the broker's host name is NOT checked; anyone holding a "
+            "certificate from this CA can pose as the broker"
+        )
+    if c.mqtt_share_group:
+        logger.info(
+            "🤝 Shared subscription group %r: every ingest in the group needs its own "
+            "MQTT_CLIENT_ID",
+            c.mqtt_share_group,
+        )
+    if c.mqtt_qos == 0:
+        logger.warning("⚠️ MQTT_QOS=0: the broker keeps nothing for us while ingest is away")

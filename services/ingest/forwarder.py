@@ -1,0 +1,167 @@
+"""The sender thread: wraps each received message as a raw frame, PUSHes it, then acks it.
+
+paho's callbacks only enqueue (a blocked callback stops keepalives, RELIABILITY.md §0.6);
+everything that can wait happens here. The PUSH socket blocks when every decoder is busy or
+none is connected: the thread then simply waits, the broker's inflight window fills
+because nothing is acknowledged, and the broker holds the rest. Nothing is dropped.
+
+Acks go out in receive order, one per message, only after ZeroMQ has taken the frame, so a
+crash of ingest loses nothing the broker still holds (it redelivers unacked messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
+
+from services.ingest.metrics import Metrics
+from shared.frames import RawFrame, pack_raw
+
+logger = logging.getLogger(__name__)
+
+SEND_POLL_S = 0.1  # the PUSH socket's SNDTIMEO: how often a blocked send looks up
+BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One message as paho delivered it, waiting for the sender thread."""
+
+    mid: int
+    qos: int
+    topic: str
+    payload: bytes
+    retain: bool
+    ts: int  # time.time_ns() at receipt
+    conn: int  # which connection delivered it: an ack is only valid on that one
+
+
+class Acker(Protocol):
+    def ack(self, mid: int, qos: int, conn: int) -> bool:
+        """Acknowledge to the broker; False when the connection ``conn`` is gone."""
+        ...
+
+
+class Forwarder:
+    def __init__(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        inbox: queue.SimpleQueue[Inbound],
+        acker: Acker,
+        src: str,
+        metrics: Metrics,
+    ) -> None:
+        self._sock = sock
+        self._inbox = inbox
+        self._acker = acker
+        self._src = src
+        self._m = metrics
+        self._seq = 0
+        self._finish = threading.Event()  # stop once the inbox is empty
+        self._abort = threading.Event()  # stop now, even in the middle of a blocked send
+        self._holding: Inbound | None = None
+        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abort(self) -> None:
+        self._abort.set()
+
+    def finish(self, timeout: float) -> int:
+        """Forward what is queued (bounded by ``timeout``), stop, and return how many
+        messages were left unsent (never acknowledged, so the broker redelivers them)."""
+        self._finish.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            self._abort.set()
+            self._thread.join()
+        left = self._inbox.qsize() + (1 if self._holding is not None else 0)
+        return left
+
+    def _run(self) -> None:
+        while not self._abort.is_set():
+            try:
+                item = self._inbox.get(timeout=SEND_POLL_S)
+            except queue.Empty:
+                if self._finish.is_set():
+                    return
+                continue
+            self._holding = item
+            try:
+                if not self._forward(item):
+                    return  # aborted while blocked: the item stays unacked
+            except Exception:  # a bug here must not silently stop the whole flow
+                self._m.callback_errors.inc()
+                logger.error("❌ Unexpected error forwarding a message", exc_info=True)
+                self._ack(item)  # never stall the broker's window on one bad message
+            self._holding = None
+
+    def _forward(self, item: Inbound) -> bool:
+        frame = RawFrame(
+            src=self._src,
+            seq=self._seq + 1,
+            ts=item.ts,
+            topic=item.topic,
+            payload=item.payload,
+            qos=item.qos,
+            retain=item.retain,
+        )
+        if not self._send(pack_raw(frame)):
+            return False
+        self._seq += 1  # numbered only once sent, so a seq gap always means a lost frame
+        self._m.forwarded.inc()
+        self._ack(item)
+        return True
+
+    def _send(self, data: bytes) -> bool:
+        blocked_at: float | None = None
+        noticed = False
+        while True:
+            try:
+                self._sock.send(data)
+                break
+            except zmq.Again:
+                # SNDTIMEO expired: no decoder can take the frame right now. Wait, looking
+                # up every SEND_POLL_S for a stop request; never drop.
+                now = time.monotonic()
+                if blocked_at is None:
+                    blocked_at = now - SEND_POLL_S
+                if not noticed and now - blocked_at >= BLOCKED_NOTICE_S:
+                    noticed = True
+                    logger.warning(
+                        "⏸️ No decoder is taking frames (none connected, or all busy): waiting "
+                        "with %d messages held; the broker keeps the rest",
+                        self._inbox.qsize() + 1,
+                    )
+                if self._abort.is_set():
+                    self._m.send_wait.inc(now - blocked_at)
+                    return False
+        if blocked_at is not None:
+            waited = time.monotonic() - blocked_at
+            self._m.send_wait.inc(waited)
+            if noticed:
+                logger.info("▶️ Decoders are taking frames again after %.1f s", waited)
+        return True
+
+    def _ack(self, item: Inbound) -> None:
+        if item.qos == 0:
+            return
+        if self._acker.ack(item.mid, item.qos, item.conn):
+            self._m.acked.inc()
+        else:
+            self._m.acks_skipped.inc()

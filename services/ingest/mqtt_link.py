@@ -1,0 +1,481 @@
+"""The broker connection: paho-mqtt driven by a thread of our own.
+
+Why not ``loop_forever``/``loop_start``: paho's reconnect back-off has no jitter and logs
+nothing we can act on (RELIABILITY.md §3), so this thread makes each attempt itself,
+logs one line per failed attempt or lost connection with the reason and a hint, and
+waits a jittered, growing delay (:mod:`services.ingest.backoff`).
+
+What the session guarantees (RELIABILITY.md §0.1, §0.5, §0.6):
+- a stable client id, ``clean_start=False`` and a session expiry interval, so messages
+  published while ingest is away are queued by the broker;
+- subscriptions re-sent on every CONNACK (a broker may lose them over a restart);
+- ``manual_ack=True``: the forwarder thread acks each message after ZeroMQ took its frame;
+- callbacks never block and never raise (they enqueue, count and log).
+
+Thread safety: everything paho does runs on this thread except :meth:`MqttLink.ack`,
+which the forwarder calls. paho queues the PUBACK and wakes this thread's ``select``
+through its socket pair, the same path ``publish()`` from another thread takes with
+``loop_start``. Registering ``on_socket_register_write`` stops paho from writing to the
+socket from the caller's thread when ``loop()`` is driven by hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from services.ingest.backoff import Backoff
+from services.ingest.config import Config
+from services.ingest.explain import AUTH_REASONS, describe_connect_error, describe_reason
+from services.ingest.forwarder import Inbound
+from services.ingest.metrics import Metrics
+from shared.log import RateLimitedLog
+
+logger = logging.getLogger(__name__)
+
+LOOP_TIMEOUT_S = 0.2  # how often the loop looks up from select for a stop request
+STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the back-off
+GOODBYE_TIMEOUT_S = 2.0  # time to flush the last acks and DISCONNECT on shutdown
+FLAPPING_AFTER = 3  # this many short-lived connections in a row suggest a client id clash
+LOST = "connection lost"
+
+
+def set_nodelay(sock: Any) -> None:
+    """Turn Nagle off: PUBACKs and small PUBLISHes must not wait 40 ms for company.
+    paho does not do it itself."""
+    # A unix socket or a wrapper without options has no Nagle to turn off.
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class MqttLink:
+    def __init__(self, config: Config, inbox: queue.SimpleQueue[Inbound], metrics: Metrics) -> None:
+        self._cfg = config
+        self._inbox = inbox
+        self._m = metrics
+        self._v5 = config.mqtt_protocol == "5"
+        self._persistent = config.mqtt_session_expiry > 0
+        self._backoff = Backoff(config.mqtt_reconnect_min, config.mqtt_reconnect_max)
+        self._qos0_limit = max(100, 2 * config.mqtt_receive_maximum)
+        self._rate_limited = RateLimitedLog(logger)
+
+        self._conn = 0  # +1 per connection attempt; tags messages so acks go to the right one
+        self._connected = False
+        self._subscribed = False
+        self._accepting = True
+        self._had_connection = False  # a CONNACK succeeded earlier in this process
+        self._established_at: float | None = None
+        self._outcome: str | None = None  # why the current attempt or connection ended
+        self._outcome_kind = "network"
+        self._pending_subscriptions: dict[int, tuple[str, ...]] = {}
+        self._qos0_warned = False
+        self._short_lived = 0  # connections in a row that dropped soon after CONNACK
+        self._tracebacks_logged: set[str] = set()
+
+        self._closing = threading.Event()
+        self._client = self._make_client()
+        self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
+
+    # ------------------------------------------------------------------ other threads
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def ready(self) -> tuple[bool, str]:
+        if self._connected and self._subscribed:
+            return True, f"connected to {self._cfg.broker_address} and subscribed"
+        if self._connected:
+            return False, "connected, subscription not confirmed"
+        why = f": {self._outcome}" if self._outcome else ""
+        return False, f"not connected to {self._cfg.broker_address}{why}"
+
+    def stop_intake(self) -> None:
+        """From now on messages are left unacknowledged for the broker to redeliver."""
+        self._accepting = False
+
+    def ack(self, mid: int, qos: int, conn: int) -> bool:
+        # Message ids belong to the connection that delivered the message. After a
+        # reconnect the broker resends what we had not acked, so the old ack is moot.
+        if conn != self._conn or not self._connected:
+            return False
+        self._client.ack(mid, qos)
+        return True
+
+    def close(self, timeout: float) -> None:
+        """Send the queued acks, DISCONNECT (the session stays on the broker), stop."""
+        self._closing.set()
+        self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_client(self) -> mqtt.Client:
+        c = self._cfg
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=c.mqtt_client_id,
+            protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311,
+            # v3.1.1 has no expiry: a persistent session is clean_session=False.
+            clean_session=None if self._v5 else not self._persistent,
+            reconnect_on_failure=False,
+            manual_ack=True,
+        )
+        client.suppress_exceptions = True
+        if logger.isEnabledFor(logging.DEBUG):
+            # paho logs socket errors at ERROR; our own lines say the same in plain words.
+            client.enable_logger(logging.getLogger("paho.mqtt"))
+        client.connect_timeout = c.mqtt_connect_timeout
+        if c.mqtt_username:
+            client.username_pw_set(c.mqtt_username, c.mqtt_password or None)
+        if c.tls_context is not None:
+            client.tls_set_context(c.tls_context)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message
+        client.on_disconnect = self._on_disconnect
+        client.on_socket_open = lambda _client, _userdata, sock: set_nodelay(sock)
+        client.on_socket_register_write = lambda _client, _userdata, _sock: None
+        properties = None
+        if self._v5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = c.mqtt_session_expiry
+            properties.ReceiveMaximum = c.mqtt_receive_maximum
+            client.connect_async(
+                c.mqtt_broker,
+                c.mqtt_port,
+                c.mqtt_keepalive,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            client.connect_async(c.mqtt_broker, c.mqtt_port, c.mqtt_keepalive)
+        return client
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._attempt()
+            except Exception:  # a bug must not end the connection for good
+                self._m.callback_errors.inc()
+                logger.error("❌ Unexpected error in the MQTT connection", exc_info=True)
+                self._outcome = self._outcome or "unexpected error (see above)"
+                self._mark_down()
+            if self._closing.is_set():
+                break
+            self._wait_before_retry()
+
+    def _attempt(self) -> None:
+        self._conn += 1
+        self._outcome = None
+        self._outcome_kind = "network"
+        self._established_at = None
+        try:
+            self._client.reconnect()
+        except Exception as exc:
+            self._outcome_kind, self._outcome = describe_connect_error(exc, self._cfg)
+            self._m.connect_failures.labels(self._outcome_kind).inc()
+            return
+        started = time.monotonic()
+        while self._client.socket() is not None:
+            if self._closing.is_set():
+                self._say_goodbye()
+                break
+            if (
+                self._established_at is None
+                and time.monotonic() - started > self._cfg.mqtt_connect_timeout
+            ):
+                self._outcome_kind = "timeout"
+                self._outcome = f"no CONNACK within {self._cfg.mqtt_connect_timeout:g} s"
+                self._m.connect_failures.labels("timeout").inc()
+                self._say_goodbye()
+                break
+            if self._client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        self._mark_down()
+
+    def _say_goodbye(self) -> None:
+        """DISCONNECT after whatever acks are queued (paho writes packets in order)."""
+        self._client.disconnect()
+        deadline = time.monotonic() + GOODBYE_TIMEOUT_S
+        while self._client.socket() is not None and time.monotonic() < deadline:
+            self._client.loop(timeout=0.05)
+
+    def _mark_down(self) -> None:
+        if self._connected:  # paho did not call on_disconnect (socket already gone)
+            self._connected = False
+            self._subscribed = False
+            self._m.connected.set(0)
+            self._m.subscribed.set(0)
+            self._m.disconnects.inc()
+
+    def _wait_before_retry(self) -> None:
+        up_since = self._established_at
+        established = up_since is not None
+        if up_since is not None and time.monotonic() - up_since >= STABLE_AFTER_S:
+            self._backoff.reset()
+        delay = self._backoff.next_delay()
+        where = self._cfg.broker_address
+        if established:
+            logger.warning(
+                "🔌 Disconnected from %s: %s%s; reconnecting in %.1f s",
+                where,
+                self._outcome,
+                self._flapping_hint(),
+                delay,
+            )
+        else:
+            level = logging.ERROR if self._outcome_kind in ("auth", "tls") else logging.WARNING
+            icon = "❌" if level == logging.ERROR else "⚠️"
+            logger.log(
+                level,
+                "%s Cannot connect to %s: %s; retrying in %.1f s (attempt %d)",
+                icon,
+                where,
+                self._outcome,
+                delay,
+                self._backoff.attempt,
+            )
+        self._closing.wait(delay)
+
+    def _flapping_hint(self) -> str:
+        # Brokers that do not send "session taken over" (Mosquitto 2.0.11 just closes the
+        # old connection) leave a pattern instead: connections that keep dropping right
+        # after CONNACK.
+        assert self._established_at is not None
+        short = time.monotonic() - self._established_at < STABLE_AFTER_S
+        self._short_lived = self._short_lived + 1 if short and self._outcome == LOST else 0
+        if self._short_lived < FLAPPING_AFTER:
+            return ""
+        return (
+            f" ({self._short_lived} short connections in a row: is another client using "
+            f"the same MQTT_CLIENT_ID={self._cfg.mqtt_client_id!r}? Each one takes the session "
+            "from the other)"
+        )
+
+    # ------------------------------------------------------------------ paho callbacks
+    # Each one runs on this thread, must not block and must not raise.
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        try:
+            if reason.is_failure:
+                self._outcome_kind = "auth" if reason.value in AUTH_REASONS else "refused"
+                self._outcome = f"the broker refused the connection: {describe_reason(reason)}"
+                self._m.connect_failures.labels(self._outcome_kind).inc()
+                return
+            self._established_at = time.monotonic()
+            self._connected = True
+            self._m.connected.set(1)
+            self._m.connects.inc()
+            present = bool(flags.session_present)
+            logger.info(
+                "✅ Connected to %s (session present: %s)",
+                self._cfg.broker_address,
+                "yes" if present else "no",
+            )
+            self._check_session(present, props)
+            self._had_connection = True
+            self._subscribe(client)
+        except Exception:
+            self._callback_failed("on_connect")
+
+    def _check_session(self, present: bool, props: Properties | None) -> None:
+        if not self._persistent or present:
+            return
+        if self._had_connection:
+            self._m.session_lost.inc()
+            logger.warning(
+                "⚠️ The broker no longer had our session (expired, or lost in a broker restart "
+                "without persistence): messages published while we were disconnected may be missing"
+            )
+        else:
+            logger.info(
+                "🆕 New MQTT session for client id %r: a first start with this id, or the old "
+                "session expired (MQTT_SESSION_EXPIRY=%d s)",
+                self._cfg.mqtt_client_id,
+                self._cfg.mqtt_session_expiry,
+            )
+        granted = getattr(props, "SessionExpiryInterval", None) if props is not None else None
+        if granted is not None and granted < self._cfg.mqtt_session_expiry:
+            logger.warning(
+                "⚠️ The broker keeps our session only %d s (asked for %d s)",
+                granted,
+                self._cfg.mqtt_session_expiry,
+            )
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        # Always, even with session present: a broker may forget subscriptions over a
+        # restart (Mosquitto 2.0.11 does for $share, RELIABILITY.md §0.5).
+        filters = self._cfg.subscriptions
+        qos = self._cfg.mqtt_qos
+        topics: list[tuple[str, Any]]
+        if self._v5:
+            # Retained messages only on a new subscription, not on every reconnect.
+            options = SubscribeOptions(
+                qos=qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB
+            )
+            topics = [(f, options) for f in filters]
+        else:
+            topics = [(f, qos) for f in filters]
+        result, mid = client.subscribe(topics)
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._pending_subscriptions[mid] = filters
+        else:
+            logger.error("❌ Could not send SUBSCRIBE: %s", mqtt.error_string(result))
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        _props: Properties | None,
+    ) -> None:
+        try:
+            filters = self._pending_subscriptions.pop(mid, ())
+            granted, refused, downgraded = [], [], []
+            for topic, reason in zip(filters, reasons, strict=False):
+                if reason.is_failure:
+                    refused.append(f"{topic} ({describe_reason(reason)})")
+                else:
+                    granted.append(topic)
+                    if reason.value < self._cfg.mqtt_qos:
+                        downgraded.append(f"{topic} (QoS {reason.value})")
+            if refused:
+                logger.error("❌ The broker refused the subscription to %s", ", ".join(refused))
+            if downgraded:
+                logger.warning(
+                    "⚠️ The broker granted a lower QoS than MQTT_QOS=%d for %s: it will not keep "
+                    "those messages while ingest is away",
+                    self._cfg.mqtt_qos,
+                    ", ".join(downgraded),
+                )
+            if granted:
+                self._subscribed = True
+                self._m.subscribed.set(1)
+                logger.info("📥 Subscribed to %s (QoS %d)", ", ".join(granted), self._cfg.mqtt_qos)
+        except Exception:
+            self._callback_failed("on_subscribe")
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            ts = time.time_ns()
+            qos = msg.qos
+            if not self._accepting:
+                # Shutting down: not acked, so the broker redelivers it next time (QoS 1).
+                if qos:
+                    self._m.deferred.inc()
+                else:
+                    self._m.dropped.labels("shutdown").inc()
+                return
+            if qos == 0:
+                self._m.qos0.inc()
+                self._warn_qos0_once(msg)
+                if self._inbox.qsize() >= self._qos0_limit:
+                    # QoS 0 has no flow control: bound the memory it can take. QoS 1 is
+                    # bounded by the Receive Maximum and never dropped.
+                    self._m.dropped.labels("qos0_overflow").inc()
+                    self._rate_limited.warning(
+                        "qos0_overflow",
+                        "⚠️ Dropped a QoS 0 message: %d messages waiting for decoders",
+                        self._inbox.qsize(),
+                    )
+                    return
+            if msg.dup:
+                self._m.redelivered.inc()
+            self._inbox.put(
+                Inbound(
+                    msg.mid,
+                    qos,
+                    self._topic_of(msg),
+                    bytes(msg.payload),
+                    bool(msg.retain),
+                    ts,
+                    self._conn,
+                )
+            )
+            self._m.received.inc()
+        except Exception:
+            self._callback_failed("on_message")
+
+    def _topic_of(self, msg: mqtt.MQTTMessage) -> str:
+        try:
+            return msg.topic
+        except UnicodeDecodeError:  # brokers should refuse these; keep the message anyway
+            self._rate_limited.warning("topic_utf8", "⚠️ A message topic is not valid UTF-8")
+            raw: bytes = getattr(msg, "_topic", b"")
+            return raw.decode("utf-8", errors="replace")
+
+    def _warn_qos0_once(self, msg: mqtt.MQTTMessage) -> None:
+        if self._qos0_warned or self._cfg.mqtt_qos == 0:
+            return
+        self._qos0_warned = True
+        logger.warning(
+            "⚠️ Messages arrive at QoS 0 (first on %r): the publisher sends QoS 0, so the "
+            "broker will not keep them while ingest is away. For ChirpStack set "
+            "[integration.mqtt] qos=1 in chirpstack.toml",
+            msg.topic,
+        )
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        _props: Properties | None,
+    ) -> None:
+        try:
+            was_connected = self._connected
+            self._connected = False
+            self._subscribed = False
+            self._m.connected.set(0)
+            self._m.subscribed.set(0)
+            if was_connected:
+                self._m.disconnects.inc()
+            if self._outcome is not None or self._closing.is_set():
+                return
+            if flags.is_disconnect_packet_from_server:
+                self._outcome = f"the broker disconnected us: {describe_reason(reason)}"
+            elif was_connected:
+                detail = "" if reason.getName() == "Unspecified error" else f" ({reason})"
+                self._outcome = f"{LOST}{detail}"
+            else:
+                self._outcome = (
+                    "the broker closed the connection before CONNACK (a TLS port without TLS "
+                    "settings, or the wrong MQTT_PROTOCOL?)"
+                )
+                self._m.connect_failures.labels("closed").inc()
+        except Exception:
+            self._callback_failed("on_disconnect")
+
+    def _callback_failed(self, name: str) -> None:
+        self._m.callback_errors.inc()
+        if name not in self._tracebacks_logged:  # the first one with its traceback, then counted
+            self._tracebacks_logged.add(name)
+            logger.error("❌ Unexpected error in %s (counted from now on)", name, exc_info=True)
+        else:
+            self._rate_limited.warning(name, "❌ Unexpected error in %s", name)

@@ -1,0 +1,133 @@
+"""Messages published to the broker come out of ingest's PUSH socket as raw frames."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from collections.abc import Callable
+
+from services.ingest.config import load
+from services.ingest.forwarder import Inbound
+from services.ingest.metrics import Metrics
+from services.ingest.mqtt_link import MqttLink
+from tests.ingest.conftest import StartIngest, count_lines
+from tests.ingest.helpers import FrameCollector, healthz, numbered, scrape
+from tests.support.broker import Broker
+from tests.support.mqtt import Publisher
+from tests.support.ports import free_port
+from tests.support.timing import wait_for
+
+BINARY = bytes(range(256))
+
+
+def test_messages_arrive_as_raw_frames_untouched(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    pub = Publisher(broker.host, broker.port)
+    # retained before ingest subscribes: delivered with retain=True
+    pub.publish(
+        "eu868/gateway/0016c001f153a14c/state/conn", b'{"state":"ONLINE"}', retain=True
+    ).wait_for_publish(10)
+    ingest = start_ingest()
+    frames_out = collect()
+    wait_for(lambda: len(frames_out.frames) >= 1, 20, "the retained message")
+
+    messages = [
+        (
+            "application/app-1/device/0004a30b001c0530/event/up",
+            b'{"fCnt": 1, "object": {"v": 3.7}}',
+        ),
+        ("application/app-1/device/0004a30b001c0530/event/up", BINARY),  # not UTF-8: untouched
+        ("application/app-1/device/0004a30b001c0530/event/join", b""),  # empty payload
+        ("eu868/gateway/0016c001f153a14c/event/up", b"\x0a\x0b\x00protobuf"),
+        ("gateway/0016c001f153a14c/event/stats", b"{}"),
+        ("v3/app@ttn/devices/dev-1/up", "ünïcødé ✓".encode()),
+        ("application/app-1/device/0004a30b001c0530/event/up", b"x" * 200_000),
+    ]
+    before = time.time_ns()
+    pub.publish_all(messages)
+    wait_for(lambda: len(frames_out.frames) >= 1 + len(messages), 20, "every message")
+    pub.close()
+
+    frames = frames_out.frames
+    retained, live = frames[0], frames[1:]
+    assert (retained.topic, retained.retain, retained.qos) == (
+        "eu868/gateway/0016c001f153a14c/state/conn",
+        True,
+        1,
+    )
+    assert [(f.topic, f.payload) for f in live] == messages
+    assert all(f.qos == 1 and not f.retain for f in live)
+    assert [f.seq for f in frames] == list(range(1, len(frames) + 1))
+    assert len({f.src for f in frames}) == 1
+    assert all(before <= f.ts <= time.time_ns() for f in live)
+    assert ingest.stop() == 0
+    assert "Stopped: received 8, forwarded 8" in ingest.log_text()
+
+
+def test_qos0_is_forwarded_and_warned_about_once(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    ingest = start_ingest()
+    frames_out = collect()
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all(numbered(30), qos=0)
+    frames = frames_out.wait_numbers(range(30))
+    pub.close()
+    assert all(f.qos == 0 for f in frames)
+    assert count_lines(ingest, r"QoS 0 .*qos=1") == 1  # one warning, telling users the fix
+    assert ingest.stop() == 0
+
+
+def test_metrics_and_healthz(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    port = free_port()
+    ingest = start_ingest(METRICS_PORT=str(port))
+    frames_out = collect()
+    assert healthz(port) == 200
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all(numbered(50))
+    pub.publish_all(numbered(5, start=50), qos=0)
+    frames_out.wait_numbers(range(55))
+    pub.close()
+
+    def settled() -> dict[str, float] | None:
+        m = scrape(port)
+        return m if m["gateway_mqtt_acks_total"] == 50 else None
+
+    m = wait_for(settled, 10, "acks to be counted")
+    assert m is not None
+    assert m["gateway_mqtt_messages_received_total"] == 55
+    assert m["gateway_ingest_frames_forwarded_total"] == 55
+    assert m["gateway_mqtt_qos0_messages_total"] == 5
+    assert m["gateway_mqtt_connected"] == 1 and m["gateway_mqtt_subscribed"] == 1
+    assert m["gateway_mqtt_connects_total"] == 1 and m["gateway_mqtt_session_lost_total"] == 0
+    assert m["gateway_ingest_queue_depth"] == 0
+    assert ingest.stop() == 0
+
+
+def test_mqtt_socket_has_nagle_off(broker: Broker) -> None:
+    # In-process, to look at the real socket paho opened (issue 6: no Nagle on any hop).
+    config = load(
+        {
+            "MQTT_BROKER": broker.host,
+            "MQTT_PORT": str(broker.port),
+            "MQTT_CLIENT_ID": "nodelay-test",
+        },
+        [],
+    )
+    inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
+    link = MqttLink(config, inbox, Metrics())
+    link.start()
+    try:
+        wait_for(lambda: link.ready()[0], 20, "connected and subscribed")
+        sock = link._client.socket()  # noqa: SLF001 (the point of the test)
+        assert sock is not None
+        assert isinstance(sock, socket.socket)
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        link.stop_intake()
+        link.close(5)
+    assert not link.alive
