@@ -1,0 +1,1 @@
+"""decode: PULL raw frames, decode them with pure functions, PUBlish events."""

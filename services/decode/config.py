@@ -1,0 +1,149 @@
+"""decode's settings: environment variables, each overridable by its ``--flag``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from services.decode import codecs
+from services.decode.decoders.common import Options
+from services.decode.limits import KIB, Limits
+from shared import config as c
+
+# Room for what a raw frame carries besides the payload: an MQTT topic (at most 64 KiB)
+# and msgpack framing. ZMQ_MAXMSGSIZE is the payload limit plus this.
+FRAME_OVERHEAD = 64 * KIB + 1 * KIB
+
+SETTINGS = (
+    c.Setting(
+        "ZMQ_RAW_CONNECT",
+        "tcp://127.0.0.1:5557",
+        c.endpoints,
+        "ingest endpoints to PULL raw frames from (comma-separated)",
+    ),
+    c.Setting(
+        "ZMQ_EVENTS_CONNECT",
+        "tcp://127.0.0.1:5558",
+        c.endpoints,
+        "fan-out endpoints to PUBlish events to (comma-separated)",
+    ),
+    c.Setting(
+        "ZMQ_RCVHWM",
+        "100",
+        c.integer(1, 1_000_000),
+        "raw frames queued per ingest link before ingest is held back",
+    ),
+    c.Setting(
+        "ZMQ_SNDHWM",
+        "10000",
+        c.integer(1, 10_000_000),
+        "events queued per fan-out link before they are dropped",
+    ),
+    c.Setting(
+        "ZMQ_RCVBUF",
+        "65536",
+        c.integer(0, 64 * 1024 * 1024),
+        "kernel receive buffer of the PULL socket in bytes (0 = OS default)",
+    ),
+    c.Setting(
+        "ZMQ_MAX_MSG_SIZE",
+        "0",
+        c.integer(0, 1 << 31),
+        "largest raw frame accepted; bigger drops the link (0 = DECODE_MAX_PAYLOAD + 65 KiB)",
+    ),
+    c.Setting(
+        "METRICS_HOST", "127.0.0.1", c.non_empty, "address of the /metrics and /healthz endpoint"
+    ),
+    c.Setting(
+        "METRICS_PORT", "9102", c.port, "port of the /metrics and /healthz endpoint (0 = off)"
+    ),
+    c.Setting(
+        "DECODE_MAX_PAYLOAD",
+        str(256 * KIB),
+        c.integer(1, 64 * 1024 * 1024),
+        "largest payload decoded, in bytes; bigger is an error, checked before parsing",
+    ),
+    c.Setting("DECODE_MAX_DEPTH", "32", c.integer(1, 200), "deepest JSON nesting accepted"),
+    c.Setting(
+        "DECODE_MAX_NAME",
+        "256",
+        c.integer(1, 65536),
+        "longest tenant/application/device/gateway name accepted",
+    ),
+    c.Setting(
+        "DECODE_TIME_TOLERANCE",
+        "86400",
+        c.integer(0, 10 * 365 * 86400),
+        "seconds into the future a timestamp may be before it is absurd",
+    ),
+    c.Setting(
+        "DECODE_RAW_CODEC",
+        "auto",
+        c.choice(*codecs.RAW_CODECS),
+        "codec for uplinks with data but no object: "
+        "auto (Cayenne LPP when it parses), cayenne_lpp, none",
+    ),
+    c.Setting(
+        "DECODE_CODECS",
+        "",
+        c.text,
+        "codec rules, comma-separated: application:NAME=CODEC, profile:NAME=CODEC, "
+        "fport:N=CODEC (CODEC: cayenne_lpp, none or module:function)",
+    ),
+    c.Setting(
+        "DECODE_DEFAULT_TENANT",
+        "default",
+        c.non_empty,
+        "tenant for events without one (ChirpStack v3)",
+    ),
+    c.LOG_LEVEL,
+)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    zmq_raw_connect: tuple[str, ...]
+    zmq_events_connect: tuple[str, ...]
+    zmq_rcvhwm: int
+    zmq_sndhwm: int
+    zmq_rcvbuf: int
+    zmq_max_msg_size: int
+    metrics_host: str
+    metrics_port: int
+    options: Options
+    log_level: str
+
+
+def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig:
+    values = c.load(
+        SETTINGS,
+        environ,
+        argv,
+        prog="python -m services.decode",
+        description="Decode raw LoRaWAN frames from ingest into events for the fan-out.",
+    )
+    default = codecs.builtin(values["decode_raw_codec"])
+    try:
+        rules = codecs.parse_rules(values["decode_codecs"], default)
+    except ValueError as exc:
+        raise c.ConfigError(f"DECODE_CODECS={values['decode_codecs']!r}: {exc}") from None
+    limits = Limits(
+        max_payload=values["decode_max_payload"],
+        max_depth=values["decode_max_depth"],
+        max_name=values["decode_max_name"],
+        time_tolerance_s=values["decode_time_tolerance"],
+    )
+    return DecodeConfig(
+        zmq_raw_connect=values["zmq_raw_connect"],
+        zmq_events_connect=values["zmq_events_connect"],
+        zmq_rcvhwm=values["zmq_rcvhwm"],
+        zmq_sndhwm=values["zmq_sndhwm"],
+        zmq_rcvbuf=values["zmq_rcvbuf"],
+        zmq_max_msg_size=values["zmq_max_msg_size"] or limits.max_payload + FRAME_OVERHEAD,
+        metrics_host=values["metrics_host"],
+        metrics_port=values["metrics_port"],
+        options=Options(
+            limits=limits, codecs=rules, default_tenant=values["decode_default_tenant"]
+        ),
+        log_level=values["log_level"],
+    )

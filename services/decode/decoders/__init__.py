@@ -1,0 +1,1 @@
+"""Pure decoders, one module per network server format (no sockets, no clock, no globals)."""

@@ -1,0 +1,309 @@
+"""The decode worker as a real process between real ZeroMQ peers: a PUSH playing ingest
+and a SUB playing the fan-out, both bound on free ports, like the real topology."""
+
+from __future__ import annotations
+
+import re
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import orjson
+import pytest
+import zmq
+
+from shared.frames import Event, RawFrame, pack_raw, parse_event
+from tests.decode.helpers import NOW_MS, V4, fixture_bytes, v4_up
+from tests.support.ports import free_port
+from tests.support.procs import ServiceProcess, run_cli
+from tests.support.timing import seconds, wait_for
+
+UP = V4.format("up")
+
+
+class Peers:
+    """ingest's PUSH and the fan-out's SUB, bound on free loopback ports."""
+
+    def __init__(self) -> None:
+        self.ctx = zmq.Context()
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.SNDTIMEO, int(seconds(10) * 1000))
+        self.push.bind("tcp://127.0.0.1:0")
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.subscribe(b"")
+        self.sub.bind("tcp://127.0.0.1:0")
+        self.probes = 0
+
+    @property
+    def raw_endpoint(self) -> str:
+        return self.push.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def events_endpoint(self) -> str:
+        return self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def send(self, topic: str, payload: bytes, seq: int, src: str = "ingest-test") -> None:
+        self.push.send(
+            pack_raw(
+                RawFrame(
+                    src=src, seq=seq, ts=NOW_MS * 1_000_000, topic=topic, payload=payload, qos=1
+                )
+            )
+        )
+
+    def recv(self, timeout: float = 10.0) -> Event | None:
+        if self.sub.poll(int(seconds(timeout) * 1000)):
+            return parse_event(self.sub.recv_multipart())
+        return None
+
+    def connected(self) -> None:
+        """Past the slow joiner: probe until one event comes back, then drain the probes."""
+
+        def probe() -> bool:
+            self.probes += 1
+            self.send(UP, fixture_bytes("chirpstack_v4_up.json"), self.probes, src="probe")
+            return self.recv(0.1) is not None
+
+        wait_for(probe, 20, "a probe event through the decoder")
+        while self.recv(0.3) is not None:
+            pass
+
+    def close(self) -> None:
+        self.push.close(0)
+        self.sub.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def peers() -> Iterator[Peers]:
+    p = Peers()
+    yield p
+    p.close()
+
+
+def start_decoder(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers, **env: str
+) -> ServiceProcess:
+    proc = ServiceProcess(
+        "decode",
+        {
+            "ZMQ_RAW_CONNECT": peers.raw_endpoint,
+            "ZMQ_EVENTS_CONNECT": peers.events_endpoint,
+            "METRICS_PORT": "0",
+            **env,
+        },
+        tmp_path,
+    ).start()
+    services.append(proc)
+    proc.wait_for_log(r"🔧 Decoder ready", timeout=20)
+    peers.connected()
+    return proc
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=seconds(5)) as r:
+        text = r.read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(r"^(gateway_decode_\S+) (\S+)$", text, re.M)}
+
+
+def good(n: int) -> bytes:
+    doc = v4_up(fCnt=n, deduplicationId=f"dedup-{n}")
+    return orjson.dumps(doc)
+
+
+GARBAGE_PAYLOADS = [
+    (b"garbage", "json"),
+    (b"\xff\xfe binary", "encoding"),
+    (b"", "json"),
+    (b'{"a": NaN}', "number"),
+    (b"[" * 5000 + b"]" * 5000, "depth"),
+    (b"x" * (300 * 1024), "size"),  # over DECODE_MAX_PAYLOAD, under ZMQ_MAXMSGSIZE
+    (orjson.dumps({**v4_up(), "object": [1]}), "schema"),
+    (b'{"deviceInfo": {}}', "unknown_event"),  # sent on an unknown event topic below
+]
+
+
+def test_good_and_garbage_interleaved(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    port = free_port()
+    proc = start_decoder(
+        services,
+        tmp_path,
+        peers,
+        METRICS_PORT=str(port),
+        DECODE_CODECS="fport:9=tests.decode.plugins:raises",
+    )
+    seq = 0
+    expected_errors: list[str] = []
+    good_seqs = []
+    for i in range(60):
+        seq += 1
+        peers.send(UP, good(i), seq)
+        good_seqs.append(seq)
+        payload, reason = GARBAGE_PAYLOADS[i % len(GARBAGE_PAYLOADS)]
+        seq += 1
+        peers.send(V4.format("bogus") if reason == "unknown_event" else UP, payload, seq)
+        expected_errors.append(reason)
+        if i % 10 == 0:  # a plug-in that raises
+            seq += 1
+            peers.send(UP, orjson.dumps({**v4_up(fPort=9, data="AQI="), "object": None}), seq)
+            expected_errors.append("codec")
+    # Broken frames: unrecoverable ones are only counted; a readable map with an unknown
+    # version still says src/seq, so an _error/frame event keeps the gap count exact.
+    peers.push.send(b"\x00\x01 not msgpack")
+    peers.push.send(b"\xdd\xff\xff\xff\xff")  # a 4-billion-element array header
+    peers.push.send(msgpack.packb({1: 2, "src": "x"}))
+    peers.push.send_multipart([b"two", b"parts"])
+    seq += 1
+    peers.push.send(
+        msgpack.packb(
+            {"v": 99, "src": "ingest-test", "seq": seq, "ts": 0, "topic": UP, "payload": b"{}"}
+        )
+    )
+    expected_errors.append("frame")
+    seq += 1
+    peers.send(UP, good(999), seq)
+    good_seqs.append(seq)
+
+    events: list[Event] = []
+    while len(events) < len(good_seqs) + len(expected_errors):
+        event = peers.recv()
+        assert event is not None, f"only {len(events)} events arrived:\n{proc.log_text()[-2000:]}"
+        events.append(event)
+    assert [e.body["seq"] for e in events if e.body["event"] == "up"] == good_seqs
+    assert all(
+        e.key == "ChirpStack/Test application/Test device/up"
+        for e in events
+        if e.body["event"] == "up"
+    )
+    errors = [e for e in events if e.body["event"] == "error"]
+    assert [e.body["error"]["reason"] for e in errors] == expected_errors
+    assert all(e.key == "_error/" + e.body["error"]["reason"] for e in errors)
+    assert sorted(e.body["seq"] for e in events) == list(range(1, seq + 1))  # no gap, no duplicate
+    assert proc.running
+
+    counts = wait_for(
+        lambda: (m := metrics(port))["gateway_decode_frames_total"] >= peers.probes + seq + 4 and m,
+        10,
+    )
+    assert counts["gateway_decode_frames_total"] == peers.probes + seq + 4
+    assert counts['gateway_decode_events_total{event="up"}'] == peers.probes + len(good_seqs)
+    assert counts['gateway_decode_events_total{event="error"}'] == len(expected_errors)
+    assert counts['gateway_decode_errors_total{reason="codec"}'] == 6
+    assert counts['gateway_decode_errors_total{reason="frame"}'] == 1
+    assert counts['gateway_decode_dropped_frames_total{reason="msgpack"}'] == 3
+    assert counts['gateway_decode_dropped_frames_total{reason="parts"}'] == 1
+    assert counts['gateway_decode_dropped_frames_total{reason="version"}'] == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=seconds(5)) as r:
+        assert r.status == 200
+
+    assert proc.stop(signal.SIGTERM) == 0
+    assert "🛑 Stopped" in proc.log_text()
+
+
+def test_an_error_flood_is_counted_exactly_but_logged_rarely(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    proc = start_decoder(services, tmp_path, peers)
+    for seq in range(1, 2001):
+        peers.send(UP, b"{broken", seq)
+    peers.send(UP, good(1), 2001)
+    reasons = []
+    while True:
+        event = peers.recv()
+        assert event is not None
+        if event.body["event"] == "up":
+            break
+        reasons.append(event.body["error"]["reason"])
+    assert reasons == ["json"] * 2000
+    assert (
+        proc.log_text().count("Could not decode") <= 3
+    )  # RateLimitedLog: one line per 10 s per reason
+    assert proc.stop() == 0
+
+
+def test_an_oversized_frame_costs_the_link_not_the_worker(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    """ZMQ_MAXMSGSIZE: ZeroMQ drops a link that sends a bigger frame; the worker reconnects."""
+    proc = start_decoder(services, tmp_path, peers, ZMQ_MAX_MSG_SIZE="100000")
+    peers.send(UP, b"x" * 200_000, 1)
+    wait_for(
+        lambda: peers.send(UP, good(2), 2) or peers.recv(0.2),
+        20,
+        "a good event after the reconnect",
+    )
+    assert proc.running
+    assert "gave up (a frame over ZMQ_MAX_MSG_SIZE?): reconnected" in proc.log_text()
+    assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_drains_and_exits_0(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers, sig: int
+) -> None:
+    """F14: what reached the worker before the signal is still published."""
+    proc = start_decoder(services, tmp_path, peers)
+    for seq in range(1, 51):
+        peers.send(UP, good(seq), seq)
+    first = peers.recv()
+    assert first is not None
+    assert proc.stop(sig, timeout=10) == 0
+    seqs = [first.body["seq"]]
+    while (event := peers.recv(1.0)) is not None:
+        seqs.append(event.body["seq"])
+    assert seqs == list(range(1, 51))
+    log = proc.log_text()
+    assert "draining" in log and "🛑 Stopped" in log
+
+
+def test_help() -> None:
+    result = run_cli("decode", ["--help"])
+    assert result.returncode == 0
+    for variable in (
+        "ZMQ_RAW_CONNECT",
+        "ZMQ_EVENTS_CONNECT",
+        "METRICS_PORT",
+        "DECODE_MAX_PAYLOAD",
+        "DECODE_CODECS",
+    ):
+        assert variable in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env, variable",
+    [
+        ({"DECODE_MAX_PAYLOAD": "lots"}, "DECODE_MAX_PAYLOAD"),
+        ({"DECODE_MAX_DEPTH": "500"}, "DECODE_MAX_DEPTH"),
+        ({"DECODE_RAW_CODEC": "protobuf"}, "DECODE_RAW_CODEC"),
+        ({"DECODE_CODECS": "fport:1=no_such_module:decode"}, "DECODE_CODECS"),
+        ({"ZMQ_RAW_CONNECT": "localhost:5557"}, "ZMQ_RAW_CONNECT"),
+        ({"METRICS_PORT": "70000"}, "METRICS_PORT"),
+    ],
+)
+def test_bad_config_exits_3_naming_the_variable(env: dict[str, str], variable: str) -> None:
+    result = run_cli("decode", [], env=env)
+    assert result.returncode == 3
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "❌ Bad config" in lines[0] and variable in lines[0], result.stderr
+
+
+def test_flag_overrides_environment() -> None:
+    result = run_cli("decode", ["--decode-max-depth", "x"], env={"DECODE_MAX_DEPTH": "10"})
+    assert result.returncode == 3 and "--decode-max-depth" in result.stderr
+
+
+def test_metrics_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = run_cli("decode", [], env={"METRICS_PORT": str(busy.getsockname()[1])})
+    assert result.returncode == 3 and "❌ Cannot start" in result.stderr
