@@ -1,0 +1,3 @@
+from services.wsfanout.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""The fan-out's Prometheus metrics, in a registry of its own (served at ``/metrics``).
+
+Hot-path counters are bound to their label values once, so counting costs one method call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+P = "gateway_wsfanout_"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events_received = Counter(
+            P + "events_received", "Event frames received on the SUB socket", registry=r
+        )
+        self.events_accepted = Counter(
+            P + "events_accepted", "Events numbered, buffered and dispatched", registry=r
+        )
+        sent = Counter(P + "messages_sent", "Messages written to clients", ["kind"], registry=r)
+        self.sent_live = sent.labels("live")
+        self.sent_replay = sent.labels("replay")
+        self.sent_control = sent.labels("control")
+        dropped = Counter(P + "dropped", "Events not delivered, by reason", ["reason"], registry=r)
+        self.dropped_slow = dropped.labels("slow_client")
+        self.dropped_bad_frame = dropped.labels("bad_frame")
+        self.dropped_serializer = dropped.labels("serializer")
+        self.dropped_duplicate = dropped.labels("duplicate")
+        self._bad_frames = Counter(
+            P + "bad_frames", "Malformed event frames, by reason", ["reason"], registry=r
+        )
+        self.frames_lost = Counter(
+            P + "frames_lost",
+            "Source seqs never received (gaps past the reorder window)",
+            registry=r,
+        )
+        self.frames_pending = Gauge(
+            P + "frames_pending",
+            "Source seqs missing but still awaited (reorder window)",
+            registry=r,
+        )
+        dup = Counter(P + "duplicates", "Repeated events dropped", ["kind"], registry=r)
+        self.duplicates_seq = dup.labels("seq")
+        self.duplicates_dedup = dup.labels("dedup")
+        self.reordered = Counter(
+            P + "reordered", "Events that arrived after a later one of their source", registry=r
+        )
+        self.late = Counter(P + "late", "Events that arrived after being counted lost", registry=r)
+        self.source_restarts = Counter(
+            P + "source_restarts", "Sources that started counting again", registry=r
+        )
+        self.clients = Gauge(P + "clients", "Connected WebSocket clients", registry=r)
+        self._rejected = Counter(
+            P + "handshakes_rejected",
+            "WebSocket handshakes refused, by HTTP status",
+            ["status"],
+            registry=r,
+        )
+        self._closed = Counter(
+            P + "clients_closed", "Client connections closed, by reason", ["reason"], registry=r
+        )
+        self.slow_clients = Counter(
+            P + "slow_clients",
+            "Clients behind for longer than the slow-client timeout (closed 1013)",
+            registry=r,
+        )
+        self.client_errors = Counter(
+            P + "client_errors", "Invalid client messages answered with an error", registry=r
+        )
+        self.buffered_events = Gauge(P + "buffered_events", "Events held for replay", registry=r)
+        self.buffered_rings = Gauge(
+            P + "buffered_devices", "Devices (and gateways) with replay history", registry=r
+        )
+        self.seq = Gauge(P + "seq", "Last seq assigned in this epoch", registry=r)
+        self.dispatch_seconds = Histogram(
+            P + "dispatch_seconds",
+            "Time to number, buffer and hand one event to every matching client",
+            buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5),
+            registry=r,
+        )
+
+    def bad_frame(self, reason: str) -> None:
+        self._bad_frames.labels(reason).inc()
+        self.dropped_bad_frame.inc()
+
+    def rejected(self, status: int) -> None:
+        self._rejected.labels(str(status)).inc()
+
+    def closed(self, reason: str) -> None:
+        self._closed.labels(reason).inc()
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        gauge.set_function(read)
