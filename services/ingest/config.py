@@ -19,15 +19,14 @@ from shared.config import ConfigError, Setting
 #   ChirpStack v4 gateway bridge events  <region prefix>/gateway/<id>/event/<up|stats|ack|...>
 #   ...and its state (retained)          <region prefix>/gateway/<id>/state/<conn|...>
 #   ChirpStack v3 / unprefixed gateways  gateway/<id>/event/<...>, gateway/<id>/state/<...>
-#   The Things Stack v3 uplinks, joins   v3/<app>@<tenant>/devices/<device>/<up|join>
+#   The Things Stack v3 device events    v3/<app>@<tenant>/devices/<device>/<up|join|down/...>
 DEFAULT_TOPICS = (
     "application/+/device/+/event/+",
     "+/gateway/+/event/+",
     "gateway/+/event/+",
     "+/gateway/+/state/+",
     "gateway/+/state/+",
-    "v3/+/devices/+/up",
-    "v3/+/devices/+/join",
+    "v3/+/devices/#",
 )
 
 MAX_RECEIVE_MAXIMUM = 65535  # MQTT v5: a two-byte integer
