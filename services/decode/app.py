@@ -13,7 +13,7 @@ import zmq
 from services.decode.config import DecodeConfig, load
 from services.decode.dispatch import Decoder
 from services.decode.metrics import Metrics
-from services.decode.worker import Worker, open_sockets
+from services.decode.worker import Worker, connect_raw, open_sockets
 from shared import service
 from shared.http_status import StatusServer
 from shared.zmq_util import LINGER_MS
@@ -54,6 +54,10 @@ def run(config: DecodeConfig) -> int:
         )
         codecs = config.options.codecs
         worker = Worker(pull, pub, Decoder(config.options), metrics, config.zmq_max_msg_size)
+        if not worker.wait_for_subscriber(stop):
+            logger.info("🛑 Stopped before any fan-out subscribed")
+            return 0
+        connect_raw(pull, config.zmq_raw_connect)
         ready.set()
         logger.info(
             "🔧 Decoder ready: raw codec %s, %d codec rule(s), payload limit %d bytes",

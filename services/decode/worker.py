@@ -10,8 +10,15 @@ kernel buffer, so a killed worker loses at most about RCVHWM + RCVBUF/frame fram
 fan-out's per-source ``seq`` shows exactly which), and MAXMSGSIZE so a hostile peer
 cannot make it allocate gigabytes (an oversized frame makes ZeroMQ drop that link, and
 :class:`LinkWatch` reconnects it). The
-PUB keeps ZMQ_IMMEDIATE off: while the fan-out restarts, up to SNDHWM events wait for it
-instead of vanishing, which also refills its replay buffer. At SNDHWM a PUB drops.
+events socket is an XPUB with ZMQ_IMMEDIATE off: while the fan-out restarts, up to SNDHWM
+events wait for it instead of vanishing, which also refills its replay buffer. Two more
+choices keep the events link from losing what ingest already acknowledged to the broker:
+
+- a PUB drops everything until a subscriber's SUBSCRIBE has arrived (the slow joiner), so
+  the worker reads no raw frame before the first subscription (XPUB reports it);
+- at SNDHWM a PUB drops; with ZMQ_XPUB_NODROP the send fails instead, and the worker
+  holds the batch and stops reading until the fan-out takes events again, so the pressure
+  reaches ingest and the broker instead of turning into loss.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ BATCH = 64
 DRAIN_SECONDS = 2.0
 DRAIN_QUIET = 0.3
 RELINK_AFTER = 1.0  # seconds of silence after a disconnect before reconnecting by hand
+HELD_RETRY_MS = 10  # how often held events are offered to a full fan-out link again
 
 
 def recover_ids(data: bytes) -> tuple[str, int, int, str] | None:
@@ -147,20 +155,53 @@ class Worker:
         self.max_frame = max_frame
         self.clock = clock
         self.handled = 0
+        self.subscribers = 0  # SUBSCRIBE messages seen on the XPUB
+        self.pending: list[list[bytes]] = []  # events the XPUB could not take yet
         self._warn = RateLimitedLog(logger)
+        self._held_since: float | None = None
+
+    def wait_for_subscriber(self, stop: threading.Event) -> bool:
+        """Block until a fan-out has subscribed (False if stopped first): events published
+        before that would be dropped by ZeroMQ, after ingest acknowledged their frames."""
+        noticed = time.monotonic() + 1.0
+        while not stop.is_set():
+            if self.pub.poll(POLL_MS, zmq.POLLIN):
+                self.read_subscriptions()
+            if self.subscribers:
+                return True
+            if time.monotonic() >= noticed:
+                noticed = float("inf")
+                logger.info("⏳ Waiting for a fan-out to subscribe before taking raw frames")
+        return False
+
+    def read_subscriptions(self) -> None:
+        while True:
+            try:
+                message = self.pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if message[:1] == b"\x01":
+                self.subscribers += 1
 
     def run(self, stop: threading.Event) -> None:
         watch = LinkWatch(self.pull, self._relinked)
         poller = zmq.Poller()
         poller.register(self.pull, zmq.POLLIN)
         poller.register(watch.monitor, zmq.POLLIN)
+        poller.register(self.pub, zmq.POLLIN)
         try:
             while not stop.is_set():
-                ready = dict(poller.poll(POLL_MS))
+                # While events are held, poll briefly and take no new frames: the raw link
+                # fills, ingest waits and stops acknowledging, the broker keeps the rest.
+                ready = dict(poller.poll(HELD_RETRY_MS if self.pending else POLL_MS))
                 if watch.monitor in ready:
                     watch.handle_events()
                 watch.check()
-                if self.pull in ready:
+                if self.pub in ready:
+                    self.read_subscriptions()
+                if self.pending:
+                    self.flush()
+                elif self.pull in ready:
                     self.batch()
             self.drain()
         finally:
@@ -183,10 +224,37 @@ class Worker:
         if count:
             self.handled += count
             self.metrics.frames.inc(count)
-        send = self.pub.send_multipart
-        for event in outgoing:
-            send(event)
+        self.pending = outgoing
+        self.flush()
         return count
+
+    def flush(self) -> bool:
+        """Send the held events in order; True when none is left."""
+        send = self.pub.send_multipart
+        sent = 0
+        try:
+            for event in self.pending:
+                send(event, zmq.NOBLOCK)
+                sent += 1
+        except zmq.Again:  # XPUB_NODROP: the fan-out's queue is full (or it is away)
+            del self.pending[:sent]
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+                self._warn.warning(
+                    "held",
+                    "⏸️ The fan-out is not taking events (queue full or away): holding %d "
+                    "and taking no raw frames until it does",
+                    len(self.pending),
+                )
+            return False
+        self.pending = []
+        if self._held_since is not None:
+            logger.info(
+                "▶️ The fan-out takes events again after %.1f s",
+                time.monotonic() - self._held_since,
+            )
+            self._held_since = None
+        return True
 
     def drain(self) -> int:
         """After a stop request: keep taking what ingest already sent this worker until
@@ -198,10 +266,19 @@ class Worker:
         drained = 0
         deadline = time.monotonic() + DRAIN_SECONDS
         while time.monotonic() < deadline:
+            if self.pending:
+                if not self.flush():
+                    time.sleep(HELD_RETRY_MS / 1000)
+                continue
             handled = self.batch()
             drained += handled
             if not handled and not self.pull.poll(int(DRAIN_QUIET * 1000)):
                 break
+        if self.pending:
+            logger.warning(
+                "⚠️ %d events could not be handed to a fan-out before the drain limit",
+                len(self.pending),
+            )
         return drained
 
     def _relinked(self, endpoint: str) -> None:
@@ -291,9 +368,18 @@ def open_sockets(
     max_msg_size: int,
 ) -> tuple[zmq.Socket, zmq.Socket]:  # type: ignore[type-arg]
     pull = ctx.socket(zmq.PULL)
-    pub = ctx.socket(zmq.PUB)
+    pub = ctx.socket(zmq.XPUB)
     zmq_util.configure(pull, hwm=rcvhwm, kernel_buffer=rcvbuf, max_msg_size=max_msg_size)
     zmq_util.configure(pub, hwm=sndhwm)
-    zmq_util.connect_all(pull, raw_endpoints, "raw frames PULL")
-    zmq_util.connect_all(pub, event_endpoints, "events PUB")
+    # Every subscriber's SUBSCRIBE reaches us (not only the first of a topic), and a full
+    # queue fails the send instead of dropping the event.
+    pub.setsockopt(zmq.XPUB_VERBOSE, 1)
+    pub.setsockopt(zmq.XPUB_NODROP, 1)
+    zmq_util.connect_all(pub, event_endpoints, "events XPUB")
+    # The PULL connects only once a fan-out has subscribed (connect_raw): until then ingest
+    # keeps its frames for workers that can deliver.
     return pull, pub
+
+
+def connect_raw(pull: zmq.Socket, raw_endpoints: tuple[str, ...]) -> None:  # type: ignore[type-arg]
+    zmq_util.connect_all(pull, raw_endpoints, "raw frames PULL")

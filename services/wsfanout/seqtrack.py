@@ -8,6 +8,11 @@ that is *late* (still delivered). A seq at or below the highest seen that was ne
 is a *duplicate* (dropped) unless its ingest timestamp is newer than the highest one seen,
 which means the ingest restarted with the same id and counts from 1 again.
 
+The first frame seen of a source need not be its lowest: with several decode replicas the
+frame before it may come a moment later. Seqs below the first (at most ``window`` below,
+and received by ingest no later than the first) are delivered as *reordered*; only a
+repeat of one of them is a duplicate.
+
 The fan-out must SUB to everything for this to mean anything (zguide "Suicidal Snail").
 """
 
@@ -44,11 +49,13 @@ def _first(gap: _Gap) -> int:
 
 
 class _Source:
-    __slots__ = ("hi", "hi_ts", "pending", "lost")
+    __slots__ = ("hi", "hi_ts", "lo", "lo_ts", "early", "pending", "lost")
 
     def __init__(self, seq: int, ts: int) -> None:
         self.hi = seq
         self.hi_ts = ts
+        self.lo, self.lo_ts = seq, ts  # the first frame seen
+        self.early: set[int] = set()  # seqs below ``lo`` delivered since
         # Ascending and disjoint, hence also oldest first.
         self.pending: list[_Gap] = []
         self.lost: deque[tuple[int, int]] = deque(maxlen=256)  # recently declared lost
@@ -97,6 +104,11 @@ class SeqTracker:
             self._expire(s, self._clock())
             return Seen.NEXT
         # seq <= hi: fills a gap, or came too late, or is a repeat, or a restart
+        if seq < s.lo and ts <= s.lo_ts and s.lo - seq <= self.window:
+            if seq in s.early:
+                return Seen.DUPLICATE
+            s.early.add(seq)
+            return Seen.REORDERED
         i = bisect_right(s.pending, seq, key=_first) - 1
         if i >= 0 and s.pending[i].first <= seq <= s.pending[i].last:
             self._fill(s, i, seq)
@@ -106,6 +118,8 @@ class SeqTracker:
         if ts > s.hi_ts:
             self._declare(s, len(s.pending))
             s.hi, s.hi_ts = seq, ts
+            s.lo, s.lo_ts = seq, ts
+            s.early.clear()
             return Seen.RESTART
         return Seen.DUPLICATE
 

@@ -100,7 +100,14 @@ def start_decoder(
         tmp_path,
     ).start()
     services.append(proc)
-    proc.wait_for_log(r"🔧 Decoder ready", timeout=20)
+
+    def ready() -> bool:
+        # A bound SUB attaches a new connection (and sends its SUBSCRIBE) only when its
+        # own thread touches it; the worker waits for that subscription before it is ready.
+        peers.sub.poll(20)
+        return "🔧 Decoder ready" in proc.log_text()
+
+    wait_for(ready, 20, "the decoder to be ready")
     peers.connected()
     return proc
 

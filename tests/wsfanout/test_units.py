@@ -51,6 +51,17 @@ def test_a_reordered_seq_fills_its_gap_and_is_not_lost():
     assert t.observe("a", 4, 4) is Seen.LATE  # after it was counted: delivered, not a repeat
 
 
+def test_frames_before_the_first_seen_of_a_source_are_delivered_once():
+    # Two decoders: seq 2 of a new source overtakes seq 1. Neither is lost or dropped.
+    t, lost, _ = tracker()
+    assert t.observe("a", 2, 2000) is Seen.FIRST
+    assert t.observe("a", 1, 1000) is Seen.REORDERED
+    assert t.observe("a", 1, 1000) is Seen.DUPLICATE  # a real repeat is still caught
+    assert t.observe("a", 3, 3000) is Seen.NEXT
+    assert t.observe("a", 1, 9000) is Seen.RESTART  # newer ingest time: counting again
+    assert lost == [] and t.pending == 0
+
+
 def test_a_jump_beyond_the_window_counts_the_excess_at_once():
     t, lost, _ = tracker(window=10)
     t.observe("a", 1, 1)

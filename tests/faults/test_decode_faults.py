@@ -1,0 +1,333 @@
+"""decode faults (RELIABILITY.md §9.1 F11-F14): a replica killed, frozen or stopped, or all
+of them gone for a while.
+
+ZeroMQ PUSH/PULL has no acknowledgements: what a killed decoder held (its share of
+ingest's queue, its own queue, both kernel buffers) is gone. The gateway's promise there is
+that the loss is bounded by the configured high-water marks and buffers and counted
+exactly by the fan-out's per-source seq tracking (``frames_lost``). Everything else here
+must lose nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from shared.frames import RawFrame, pack_raw
+from tests.faults.checks import assert_accounted, fanout_counters, ingest_value, settled_counters
+from tests.faults.client import StreamClient
+from tests.faults.conftest import GatewayFactory
+from tests.faults.harness import (
+    StreamPublisher,
+    analyse,
+    metric,
+    new_stream,
+    numbers,
+    uplink,
+    wait_received,
+)
+from tests.faults.scenario import run_stream
+from tests.support.timing import wait_for
+
+# Small queues for the kill cases, so "bounded by the HWMs" is a tight, checkable number.
+INGEST_SNDHWM, INGEST_SNDBUF = 100, 16384
+DECODE_RCVHWM, DECODE_RCVBUF = 50, 16384
+SMALL_QUEUES = {
+    "ingest": {"ZMQ_SNDHWM": str(INGEST_SNDHWM), "ZMQ_SNDBUF": str(INGEST_SNDBUF)},
+    "decode": {"ZMQ_RCVHWM": str(DECODE_RCVHWM), "ZMQ_RCVBUF": str(DECODE_RCVBUF)},
+}
+ZMQ_BATCH = 8192  # libzmq's encoder/decoder batch buffer on each end of a TCP connection
+
+# Known decode defects (tests/faults/README.md, "Known failures"). A case that meets one
+# still fails on anything else (a loss the gateway did not count, a wrong exit code...);
+# the loss itself is reported as an expected failure with its figures until decode is fixed,
+# and the case simply passes once it is.
+SIGTERM_LOSS = (
+    "decode SIGTERM while frames flow loses those in flight (the drain ends at its deadline "
+    "with ingest still sending; PUSH/PULL cannot stop the inflow)"
+)
+SLOW_JOINER = (
+    "a (re)started decoder takes frames before the fan-out's subscription reached its PUB, "
+    "which drops them (slow joiner)"
+)
+
+
+def known_loss(reason: str, report: Any, frames_lost: float) -> None:
+    """Hard-check that the loss was counted exactly, then mark the case an expected failure."""
+    assert frames_lost == len(report.lost), f"a loss the gateway did not count: {report.summary()}"
+    if report.lost:
+        pytest.xfail(f"known bug: {reason}: lost {len(report.lost)} {report.lost[:10]}, counted")
+
+
+def loss_bound() -> int:
+    """Most frames one decoder can take with it: ingest's pipe to it (SNDHWM) + its own
+    queue (RCVHWM) + both kernel buffers (Linux doubles SO_SNDBUF/SO_RCVBUF) and libzmq's
+    batch buffers, in frames of this stream's size, + the frame in hand."""
+    frame = len(pack_raw(RawFrame("x" * 24, 1, time.time_ns(), *uplink(new_stream(1), 0))))
+    in_buffers = 2 * INGEST_SNDBUF + 2 * DECODE_RCVBUF + 2 * ZMQ_BATCH
+    return INGEST_SNDHWM + DECODE_RCVHWM + math.ceil(in_buffers / frame) + 1
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("victim_state", ["flowing", "backlogged"])
+def test_f11_one_of_three_decoders_sigkilled_loss_is_bounded_and_counted_exactly(
+    victim_state: str, gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    """``flowing``: killed while the stream runs. ``backlogged``: frozen first until its
+    queues are full, then killed: the worst case, which must lose something (or the case
+    proves nothing) and no more than the bound."""
+    gw = gateway(decoders=3, service_env=SMALL_QUEUES)
+    bound = loss_bound()
+    seen: dict[str, Any] = {}
+
+    def kill_one() -> None:
+        victim = gw.decoder(1)
+        if victim_state == "backlogged":
+            victim.send_signal(signal.SIGSTOP)
+            # Round-robin gives it a third of the stream until its pipe is full, then skips
+            # it: once 3 x bound more frames have gone through, it holds all it can.
+            forwarded = ingest_value(gw, "gateway_ingest_frames_forwarded_total")
+            wait_for(
+                lambda: (
+                    ingest_value(gw, "gateway_ingest_frames_forwarded_total")
+                    >= forwarded + 3 * bound
+                ),
+                30,
+                "the frozen decoder's queues to fill",
+            )
+        victim.kill()  # SIGKILL (also ends a SIGSTOP)
+        seen["killed_at"] = time.monotonic()
+
+    out = run_stream(
+        gw, resources, count=3000, rate=500, fault=kill_one, fault_at=0.25, expect_all=False
+    )
+    counters = settled_counters(gw)
+    lost = len(out.report.lost)
+    after_kill = [
+        t for t, ev in out.collector.stamps if t > seen["killed_at"] and numbers(out.stream, [ev])
+    ]
+    figures.update(
+        victim=victim_state,
+        lost_harness=lost,
+        frames_lost_gateway=counters.frames_lost,
+        bound=bound,
+        dup=out.report.duplicates,
+        first_event_after_kill_s=round(after_kill[0] - seen["killed_at"], 3)
+        if after_kill
+        else None,
+        longest_silence_s=round(out.gap_seconds, 2),
+        fanout=counters.as_dict(),
+    )
+    assert out.report.expected == 3000
+    # Exactly what the client missed is what the gateway says it lost.
+    assert counters.frames_lost == lost, out.report.summary()
+    assert lost <= bound, f"lost {lost} > bound {bound}: {out.report.summary()}"
+    if victim_state == "backlogged":
+        assert lost > 0, "the frozen decoder held nothing: the case proved nothing"
+    assert out.report.duplicates == 0
+    assert counters.late == 0
+    assert_accounted(counters, out.report.distinct)
+    # The stream went on through the two others: everything after the kill arrived.
+    assert max(out.report.lost, default=0) < out.stream.count - 100
+
+
+@pytest.mark.timeout(120)
+def test_f12_frozen_decoder_resumed_its_frames_are_reordered_not_lost(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    """SIGSTOP one of three until the fan-out is visibly waiting for its frames, SIGCONT:
+    they arrive late, within the reorder window (30 s here), so reordered, not gaps."""
+    gw = gateway(decoders=3, env={"ZMQ_EVENTS_REORDER_TIMEOUT": "30"})
+    seen: dict[str, Any] = {}
+
+    def freeze_and_thaw() -> None:
+        victim = gw.decoder(2)
+        victim.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            seen["pending_peak"] = wait_for(
+                lambda: (p := fanout_counters(gw).pending) >= 100 and p,
+                30,
+                "frames held by the frozen decoder",
+            )
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        seen["frozen_s"] = time.monotonic() - t0
+
+    out = run_stream(gw, resources, count=2000, rate=250, fault=freeze_and_thaw)
+    counters = settled_counters(gw)
+    figures.update(
+        lost=len(out.report.lost),
+        reordered_harness_per_device=out.report.reordered,
+        reordered_gateway=counters.reordered,
+        pending_peak=seen["pending_peak"],
+        frozen_s=round(seen["frozen_s"], 2),
+        longest_silence_s=round(out.gap_seconds, 2),
+        fanout=counters.as_dict(),
+    )
+    assert out.report.lost == [], out.report.summary()
+    assert out.report.duplicates == 0
+    assert counters.frames_lost == 0 and counters.late == 0
+    assert out.report.reordered > 0  # the frozen decoder's frames did arrive after later ones
+    assert counters.reordered >= seen["pending_peak"]  # each awaited seq filled its gap
+    assert_accounted(counters, out.report.distinct)
+
+
+@pytest.mark.timeout(120)
+def test_f13_all_decoders_down_ingest_waits_and_nothing_is_lost(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    gw = gateway(decoders=2)
+    seen: dict[str, Any] = {}
+
+    def all_down_then_back() -> None:
+        publisher = resources[-1]  # the one run_stream started
+        seen["exit_codes"] = [gw.stop_slot("decode", i) for i in range(2)]
+        # ingest notices it cannot hand frames on and waits; the broker holds the rest.
+        gw.ingest.wait_for_log("No decoder is taking frames", timeout=20)
+        sent = publisher.sent
+        wait_for(
+            lambda: publisher.sent >= sent + 300, 30, "300 more published while no decoder runs"
+        )
+        seen["held_in_ingest"] = ingest_value(gw, "gateway_ingest_queue_depth")
+        seen["forwarded_while_down"] = ingest_value(gw, "gateway_ingest_frames_forwarded_total")
+        for i in range(2):
+            gw.start_slot("decode", i)
+
+    out = run_stream(gw, resources, count=3000, rate=250, fault=all_down_then_back, fault_at=0.2)
+    counters = settled_counters(gw)
+    receive_maximum = 1000  # ingest's default: its ZMQ_SNDHWM
+    figures.update(
+        lost=len(out.report.lost),
+        dup=out.report.duplicates,
+        decoder_exit_codes=seen["exit_codes"],
+        held_in_ingest_while_blocked=seen["held_in_ingest"],
+        ingest_peak_rss_kib=peak(gw, "ingest"),
+        longest_silence_s=round(out.gap_seconds, 2),
+        fanout=counters.as_dict(),
+    )
+    assert seen["exit_codes"] == [0, 0]
+    # What ingest holds while blocked is bounded by its Receive Maximum: the broker keeps
+    # the rest (QoS 1 flow control), so ingest's memory does not grow with the outage.
+    assert 0 < seen["held_in_ingest"] <= receive_maximum
+    assert out.report.duplicates == 0
+    assert counters.late == 0
+    assert_accounted(counters, out.report.distinct)
+    known_loss(f"{SIGTERM_LOSS}; {SLOW_JOINER}", out.report, counters.frames_lost)
+
+
+def peak(gw: Any, name: str, index: int = 0) -> int:
+    from tests.faults.harness import peak_rss_kib
+
+    proc = gw.proc(name, index).proc
+    assert proc is not None
+    return peak_rss_kib(proc.pid)
+
+
+@pytest.mark.timeout(120)
+def test_f14_decoder_sigterm_mid_stream_exits_0_and_loses_nothing(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    gw = gateway(decoders=2)
+    seen: dict[str, Any] = {}
+
+    def stop_one() -> None:
+        t0 = time.monotonic()
+        seen["exit"] = gw.stop_slot("decode", 0, sig=signal.SIGTERM)
+        seen["exit_s"] = time.monotonic() - t0
+        seen["log"] = gw.decoder(0).log_text()
+
+    out = run_stream(gw, resources, count=2000, rate=250, fault=stop_one)
+    counters = settled_counters(gw)
+    figures.update(
+        lost=len(out.report.lost),
+        dup=out.report.duplicates,
+        exit_code=seen["exit"],
+        exit_s=round(seen["exit_s"], 2),
+        longest_silence_s=round(out.gap_seconds, 2),
+        fanout=counters.as_dict(),
+    )
+    assert seen["exit"] == 0, seen["log"][-2000:]
+    assert "🛑 Stopped" in seen["log"]
+    assert out.report.duplicates == 0
+    assert counters.late == 0
+    assert_accounted(counters, out.report.distinct)
+    known_loss(SIGTERM_LOSS, out.report, counters.frames_lost)
+
+
+@pytest.mark.timeout(90)
+def test_f13_decoder_starting_while_ingest_holds_a_backlog_loses_nothing(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    """No decoder running (stopped while idle, so nothing was in flight) while 600
+    uplinks wait: ingest holds its Receive Maximum, the broker the rest. The decoder that
+    comes back gets the whole backlog at once; every one of them must reach the client."""
+    gw = gateway(decoders=1)
+    assert gw.stop_slot("decode", 0) == 0
+    client = StreamClient(gw.ws_url)
+    resources.append(client)
+    stream = new_stream(600)
+    pub = StreamPublisher(gw.broker.host, gw.broker.port, stream, rate=None)
+    resources.append(pub)
+    pub.start().wait_done()
+    gw.ingest.wait_for_log("No decoder is taking frames", timeout=20)
+    held = ingest_value(gw, "gateway_ingest_queue_depth")
+
+    gw.start_slot("decode", 0)
+    with contextlib.suppress(AssertionError):  # the report below names what is missing
+        wait_received(client, stream, stream.count, 30)
+    report = analyse(stream, client.snapshot(), pub.acked())
+    counters = settled_counters(gw)
+    figures.update(
+        held_in_ingest=held,
+        lost=len(report.lost),
+        first_lost=report.lost[:5],
+        frames_lost_gateway=counters.frames_lost,
+    )
+    assert report.expected == stream.count
+    assert report.duplicates == 0 and report.reordered == 0
+    known_loss(SLOW_JOINER, report, counters.frames_lost)
+
+
+@pytest.mark.timeout(90)
+def test_decoder_up_before_the_fanout_while_ingest_holds_a_backlog_loses_nothing(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    """Start order is not guaranteed (supervisord, compose, a restart of everything after an
+    outage): ingest and a decoder are up, the broker holds a backlog, the fan-out comes
+    last. A decoder must not take frames it cannot hand on (a PUB with no subscriber
+    drops them, and a fan-out that was not there cannot count them)."""
+    gw = gateway(decoders=1, start=False)
+    gw.start_slot("ingest")
+    stream = new_stream(300)
+    pub = StreamPublisher(gw.broker.host, gw.broker.port, stream, rate=None)
+    resources.append(pub)
+    pub.start().wait_done()
+    decoder = gw.start_slot("decode", 0, wait=False)
+    # With no fan-out subscribed the decoder takes no frame: it says it waits, ingest waits
+    # for a decoder, and the backlog stays with ingest and the broker.
+    decoder.wait_for_log(r"Waiting for a fan-out to subscribe", timeout=20)
+    gw.ingest.wait_for_log("No decoder is taking frames", timeout=20)
+    taken_early = metric(gw.metrics("decode", 0), "gateway_decode_frames_total")
+    assert taken_early == 0
+    gw.start_slot("wsfanout")
+    decoder.wait_for_log(r"Decoder ready", timeout=20)
+    # Every held uplink reaches the fan-out once it is there (a client connecting now only
+    # gets the replay of the last 10 per device, so count at the fan-out itself).
+    wait_for(
+        lambda: fanout_counters(gw).accepted >= stream.count, 30, "every held uplink at the fan-out"
+    )
+    counters = settled_counters(gw)
+    figures.update(
+        decoded_before_fanout_was_up=taken_early,
+        accepted=counters.accepted,
+        frames_lost_gateway=counters.frames_lost,
+    )
+    assert counters.accepted == stream.count
+    assert counters.frames_lost == 0
+    assert counters.dup_seq == 0
