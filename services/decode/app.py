@@ -47,13 +47,13 @@ def run(config: DecodeConfig) -> int:
             ctx,
             config.zmq_raw_connect,
             config.zmq_events_connect,
-            rcvhwm=config.zmq_rcvhwm,
-            sndhwm=config.zmq_sndhwm,
-            rcvbuf=config.zmq_rcvbuf,
-            max_msg_size=config.zmq_max_msg_size,
+            rcvhwm=config.zmq_raw_rcvhwm,
+            sndhwm=config.zmq_events_sndhwm,
+            rcvbuf=config.zmq_raw_rcvbuf,
+            max_msg_size=config.zmq_raw_max_message,
         )
         codecs = config.options.codecs
-        worker = Worker(pull, pub, Decoder(config.options), metrics, config.zmq_max_msg_size)
+        worker = Worker(pull, pub, Decoder(config.options), metrics, config.zmq_raw_max_message)
         if not worker.wait_for_subscriber(stop):
             logger.info("🛑 Stopped before any fan-out subscribed")
             return 0

@@ -28,25 +28,25 @@ SETTINGS = (
         "fan-out endpoints to PUBlish events to (comma-separated)",
     ),
     c.Setting(
-        "ZMQ_RCVHWM",
+        "ZMQ_RAW_RCVHWM",
         "100",
         c.integer(1, 1_000_000),
         "raw frames queued per ingest link before ingest is held back",
     ),
     c.Setting(
-        "ZMQ_SNDHWM",
+        "ZMQ_EVENTS_SNDHWM",
         "10000",
         c.integer(1, 10_000_000),
         "events queued per fan-out link before they are dropped",
     ),
     c.Setting(
-        "ZMQ_RCVBUF",
+        "ZMQ_RAW_RCVBUF",
         "65536",
         c.integer(0, 64 * 1024 * 1024),
         "kernel receive buffer of the PULL socket in bytes (0 = OS default)",
     ),
     c.Setting(
-        "ZMQ_MAX_MSG_SIZE",
+        "ZMQ_RAW_MAX_MESSAGE",
         "0",
         c.integer(0, 1 << 31),
         "largest raw frame accepted; bigger drops the link (0 = DECODE_MAX_PAYLOAD + 65 KiB)",
@@ -104,10 +104,10 @@ SETTINGS = (
 class DecodeConfig:
     zmq_raw_connect: tuple[str, ...]
     zmq_events_connect: tuple[str, ...]
-    zmq_rcvhwm: int
-    zmq_sndhwm: int
-    zmq_rcvbuf: int
-    zmq_max_msg_size: int
+    zmq_raw_rcvhwm: int
+    zmq_events_sndhwm: int
+    zmq_raw_rcvbuf: int
+    zmq_raw_max_message: int
     metrics_host: str
     metrics_port: int
     options: Options
@@ -136,10 +136,10 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig
     return DecodeConfig(
         zmq_raw_connect=values["zmq_raw_connect"],
         zmq_events_connect=values["zmq_events_connect"],
-        zmq_rcvhwm=values["zmq_rcvhwm"],
-        zmq_sndhwm=values["zmq_sndhwm"],
-        zmq_rcvbuf=values["zmq_rcvbuf"],
-        zmq_max_msg_size=values["zmq_max_msg_size"] or limits.max_payload + FRAME_OVERHEAD,
+        zmq_raw_rcvhwm=values["zmq_raw_rcvhwm"],
+        zmq_events_sndhwm=values["zmq_events_sndhwm"],
+        zmq_raw_rcvbuf=values["zmq_raw_rcvbuf"],
+        zmq_raw_max_message=values["zmq_raw_max_message"] or limits.max_payload + FRAME_OVERHEAD,
         metrics_host=values["metrics_host"],
         metrics_port=values["metrics_port"],
         options=Options(

@@ -285,7 +285,7 @@ class Worker:
         self.metrics.relinks.inc()
         logger.warning(
             "⚠️ ZeroMQ dropped the link to %s and gave up "
-            "(a frame over ZMQ_MAX_MSG_SIZE?): reconnected",
+            "(a frame over ZMQ_RAW_MAX_MESSAGE?): reconnected",
             endpoint,
         )
 

@@ -36,8 +36,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def open_push(ctx: zmq.Context, config: Config) -> zmq.Socket:  # type: ignore[type-arg]
     sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
     # IMMEDIATE: queue frames only for decoders whose connection is complete; a small
-    # kernel buffer keeps the in-flight window what ZMQ_SNDHWM says (RELIABILITY.md §0.7).
-    zmq_util.configure(sock, hwm=config.zmq_sndhwm, kernel_buffer=config.zmq_sndbuf, immediate=True)
+    # kernel buffer keeps the in-flight window what ZMQ_RAW_SNDHWM says (RELIABILITY.md §0.7).
+    zmq_util.configure(sock, hwm=config.zmq_raw_sndhwm, kernel_buffer=config.zmq_raw_sndbuf, immediate=True)
     # A blocked send (every decoder busy) returns now and then so a stop is noticed.
     sock.setsockopt(zmq.SNDTIMEO, int(SEND_POLL_S * 1000))
     try:

@@ -115,7 +115,7 @@ SETTINGS = (
         "MQTT_RECEIVE_MAXIMUM",
         "",
         optional_int(1, MAX_RECEIVE_MAXIMUM),
-        "unacknowledged messages the broker may send us at once (empty = ZMQ_SNDHWM)",
+        "unacknowledged messages the broker may send us at once (empty = ZMQ_RAW_SNDHWM)",
     ),
     Setting("MQTT_KEEPALIVE", "60", cfg.integer(5, 65535), "keepalive in seconds"),
     Setting("MQTT_CONNECT_TIMEOUT", "10", cfg.number(0.1), "seconds for TCP, TLS and CONNACK"),
@@ -160,13 +160,13 @@ SETTINGS = (
         "where the PUSH socket for raw frames binds",
     ),
     Setting(
-        "ZMQ_SNDHWM",
+        "ZMQ_RAW_SNDHWM",
         "1000",
         cfg.integer(1),
         "raw frames queued per connected decoder before ingest waits",
     ),
     Setting(
-        "ZMQ_SNDBUF",
+        "ZMQ_RAW_SNDBUF",
         "65536",
         cfg.integer(0),
         "kernel send buffer in bytes per decoder connection (0 = OS default)",
@@ -206,8 +206,8 @@ class Config:
     mqtt_tls_insecure: bool
     mqtt_drain_timeout: float
     zmq_raw_bind: str
-    zmq_sndhwm: int
-    zmq_sndbuf: int
+    zmq_raw_sndhwm: int
+    zmq_raw_sndbuf: int
     zmq_raw_src: str
     metrics_host: str
     metrics_port: int
@@ -274,7 +274,7 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> Config:
         raise ConfigError("MQTT_SHARE_GROUP: shared subscriptions need MQTT_PROTOCOL=5")
 
     if v["mqtt_receive_maximum"] is None:
-        v["mqtt_receive_maximum"] = min(v["zmq_sndhwm"], MAX_RECEIVE_MAXIMUM)
+        v["mqtt_receive_maximum"] = min(v["zmq_raw_sndhwm"], MAX_RECEIVE_MAXIMUM)
 
     if not v["zmq_raw_src"].strip():
         v["zmq_raw_src"] = default_src()

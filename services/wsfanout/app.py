@@ -85,7 +85,7 @@ async def serve_until_stopped(config: Config) -> int:
     try:
         configure(
             sub,
-            hwm=config.zmq_events_hwm,
+            hwm=config.zmq_events_rcvhwm,
             linger_ms=LINGER_MS,
             max_msg_size=config.zmq_events_max_message + 1024,
         )

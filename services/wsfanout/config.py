@@ -36,7 +36,7 @@ SETTINGS: tuple[Setting, ...] = (
         c.endpoint,
         "ZeroMQ SUB endpoint decoders connect to",
     ),
-    Setting("ZMQ_EVENTS_HWM", "10000", c.integer(1), "SUB receive high-water mark (events)"),
+    Setting("ZMQ_EVENTS_RCVHWM", "10000", c.integer(1), "SUB receive high-water mark (events)"),
     Setting(
         "ZMQ_EVENTS_MAX_MESSAGE", "1048576", c.integer(1024), "largest event frame accepted (bytes)"
     ),
@@ -184,7 +184,7 @@ class Config:
     websocket_host: str
     websocket_port: int
     zmq_events_bind: str
-    zmq_events_hwm: int
+    zmq_events_rcvhwm: int
     zmq_events_max_message: int
     zmq_events_reorder_window: int
     zmq_events_reorder_timeout: float

@@ -16,11 +16,11 @@ def test_defaults() -> None:
     config = load({}, [])
     assert config.zmq_raw_connect == ("tcp://127.0.0.1:5557",)
     assert config.zmq_events_connect == ("tcp://127.0.0.1:5558",)
-    assert (config.zmq_rcvhwm, config.zmq_sndhwm, config.zmq_rcvbuf) == (100, 10000, 65536)
+    assert (config.zmq_raw_rcvhwm, config.zmq_events_sndhwm, config.zmq_raw_rcvbuf) == (100, 10000, 65536)
     assert config.metrics_port == 9102 and config.metrics_host == "127.0.0.1"
     limits = config.options.limits
     assert (limits.max_payload, limits.max_depth, limits.max_name) == (262144, 32, 256)
-    assert config.zmq_max_msg_size == 262144 + FRAME_OVERHEAD
+    assert config.zmq_raw_max_message == 262144 + FRAME_OVERHEAD
     assert config.options.codecs.default.kind == "auto"
     assert config.options.default_tenant == "default"
     assert config.log_level == "info"
@@ -36,7 +36,7 @@ def test_environment_and_flags() -> None:
     config = load(env, ["--decode-max-payload", "2000", "--metrics-port", "0"])
     assert config.zmq_raw_connect == ("tcp://10.0.0.1:5557", "tcp://10.0.0.2:5557")
     assert config.options.limits.max_payload == 2000  # the flag wins
-    assert config.zmq_max_msg_size == 2000 + FRAME_OVERHEAD
+    assert config.zmq_raw_max_message == 2000 + FRAME_OVERHEAD
     assert config.metrics_port == 0
     codecs = config.options.codecs
     assert codecs.default.kind == "none"
@@ -45,7 +45,7 @@ def test_environment_and_flags() -> None:
 
 
 def test_explicit_max_msg_size() -> None:
-    assert load({"ZMQ_MAX_MSG_SIZE": "5000000"}, []).zmq_max_msg_size == 5_000_000
+    assert load({"ZMQ_RAW_MAX_MESSAGE": "5000000"}, []).zmq_raw_max_message == 5_000_000
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_explicit_max_msg_size() -> None:
         ({"DECODE_RAW_CODEC": "json"}, "DECODE_RAW_CODEC"),
         ({"DECODE_CODECS": "fport:x=cayenne_lpp"}, "DECODE_CODECS"),
         ({"ZMQ_EVENTS_CONNECT": ""}, "ZMQ_EVENTS_CONNECT"),
-        ({"ZMQ_RCVHWM": "0"}, "ZMQ_RCVHWM"),
+        ({"ZMQ_RAW_RCVHWM": "0"}, "ZMQ_RAW_RCVHWM"),
         ({"DECODE_DEFAULT_TENANT": " "}, "DECODE_DEFAULT_TENANT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
     ],

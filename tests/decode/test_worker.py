@@ -239,7 +239,7 @@ def test_an_oversized_frame_costs_the_link_not_the_worker(
     services: list[ServiceProcess], tmp_path: Path, peers: Peers
 ) -> None:
     """ZMQ_MAXMSGSIZE: ZeroMQ drops a link that sends a bigger frame; the worker reconnects."""
-    proc = start_decoder(services, tmp_path, peers, ZMQ_MAX_MSG_SIZE="100000")
+    proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_MAX_MESSAGE="100000")
     peers.send(UP, b"x" * 200_000, 1)
     wait_for(
         lambda: peers.send(UP, good(2), 2) or peers.recv(0.2),
@@ -247,7 +247,7 @@ def test_an_oversized_frame_costs_the_link_not_the_worker(
         "a good event after the reconnect",
     )
     assert proc.running
-    assert "gave up (a frame over ZMQ_MAX_MSG_SIZE?): reconnected" in proc.log_text()
+    assert "gave up (a frame over ZMQ_RAW_MAX_MESSAGE?): reconnected" in proc.log_text()
     assert proc.stop() == 0
 
 

@@ -28,7 +28,7 @@ class FaultStack(Stack):
     ) -> None:
         super().__init__(broker, workdir, decoders=decoders, env=env)
         # Per-service settings: some names mean different sockets in different services
-        # (ZMQ_SNDHWM is ingest's PUSH but decode's PUB), so they cannot go in ``env``.
+        # (each service has its own), so they are kept per service.
         self.service_env = service_env or {}
         self.metrics_ports: dict[tuple[str, int], int] = {}
         self.baseline: Any = None  # fan-out counters after warm_up(); None after its restart

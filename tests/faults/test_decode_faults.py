@@ -38,8 +38,8 @@ from tests.support.timing import wait_for
 INGEST_SNDHWM, INGEST_SNDBUF = 100, 16384
 DECODE_RCVHWM, DECODE_RCVBUF = 50, 16384
 SMALL_QUEUES = {
-    "ingest": {"ZMQ_SNDHWM": str(INGEST_SNDHWM), "ZMQ_SNDBUF": str(INGEST_SNDBUF)},
-    "decode": {"ZMQ_RCVHWM": str(DECODE_RCVHWM), "ZMQ_RCVBUF": str(DECODE_RCVBUF)},
+    "ingest": {"ZMQ_RAW_SNDHWM": str(INGEST_SNDHWM), "ZMQ_RAW_SNDBUF": str(INGEST_SNDBUF)},
+    "decode": {"ZMQ_RAW_RCVHWM": str(DECODE_RCVHWM), "ZMQ_RAW_RCVBUF": str(DECODE_RCVBUF)},
 }
 ZMQ_BATCH = 8192  # libzmq's encoder/decoder batch buffer on each end of a TCP connection
 
@@ -201,7 +201,7 @@ def test_f13_all_decoders_down_ingest_waits_and_nothing_is_lost(
 
     out = run_stream(gw, resources, count=3000, rate=250, fault=all_down_then_back, fault_at=0.2)
     counters = settled_counters(gw)
-    receive_maximum = 1000  # ingest's default: its ZMQ_SNDHWM
+    receive_maximum = 1000  # ingest's default: its ZMQ_RAW_SNDHWM
     figures.update(
         lost=len(out.report.lost),
         dup=out.report.duplicates,

@@ -19,7 +19,7 @@ def test_defaults_give_a_persistent_qos1_session_on_loopback() -> None:
     assert c.mqtt_topics == DEFAULT_TOPICS
     assert "application/+/device/+/event/+" in c.mqtt_topics
     assert c.mqtt_qos == 1 and c.mqtt_session_expiry == 3600
-    assert c.mqtt_receive_maximum == c.zmq_sndhwm == 1000
+    assert c.mqtt_receive_maximum == c.zmq_raw_sndhwm == 1000
     assert c.zmq_raw_bind == "tcp://127.0.0.1:5557"
     assert c.metrics_port == 9101 and c.metrics_host == "127.0.0.1"
     assert c.tls_context is None and c.subscriptions == DEFAULT_TOPICS
@@ -55,7 +55,7 @@ def test_flags_override_environment() -> None:
         ({"MQTT_TLS_CA": "/nonexistent/ca.pem"}, "MQTT_TLS_CA"),
         ({"MQTT_TLS_INSECURE": "true"}, "MQTT_TLS_INSECURE"),
         ({"ZMQ_RAW_BIND": "127.0.0.1:5557"}, "ZMQ_RAW_BIND"),
-        ({"ZMQ_SNDHWM": "0"}, "ZMQ_SNDHWM"),
+        ({"ZMQ_RAW_SNDHWM": "0"}, "ZMQ_RAW_SNDHWM"),
         ({"METRICS_PORT": "-1"}, "METRICS_PORT"),
     ],
 )
@@ -78,9 +78,9 @@ def test_shared_subscription_prefixes_every_filter() -> None:
 
 
 def test_receive_maximum_follows_the_push_hwm_unless_set() -> None:
-    assert load({"ZMQ_SNDHWM": "100"}, []).mqtt_receive_maximum == 100
-    assert load({"ZMQ_SNDHWM": "100000"}, []).mqtt_receive_maximum == 65535
-    assert load({"ZMQ_SNDHWM": "100", "MQTT_RECEIVE_MAXIMUM": "20"}, []).mqtt_receive_maximum == 20
+    assert load({"ZMQ_RAW_SNDHWM": "100"}, []).mqtt_receive_maximum == 100
+    assert load({"ZMQ_RAW_SNDHWM": "100000"}, []).mqtt_receive_maximum == 65535
+    assert load({"ZMQ_RAW_SNDHWM": "100", "MQTT_RECEIVE_MAXIMUM": "20"}, []).mqtt_receive_maximum == 20
 
 
 def test_password_file_is_read_without_its_newline(tmp_path: Path) -> None:

@@ -87,7 +87,7 @@ def test_backpressure_waits_for_decoders_instead_of_dropping(
     broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
 ) -> None:
     port = free_port()
-    ingest = start_ingest(ZMQ_SNDHWM="20", METRICS_PORT=str(port))  # Receive Maximum follows: 20
+    ingest = start_ingest(ZMQ_RAW_SNDHWM="20", METRICS_PORT=str(port))  # Receive Maximum follows: 20
     pub = Publisher(broker.host, broker.port)
     pub.publish_all(numbered(500))
     pub.close()
@@ -108,7 +108,7 @@ def test_backpressure_waits_for_decoders_instead_of_dropping(
 def test_sigterm_with_no_decoder_is_bounded_and_loses_nothing(
     broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
 ) -> None:
-    ingest = start_ingest(ZMQ_SNDHWM="20", MQTT_DRAIN_TIMEOUT="1")
+    ingest = start_ingest(ZMQ_RAW_SNDHWM="20", MQTT_DRAIN_TIMEOUT="1")
     pub = Publisher(broker.host, broker.port)
     pub.publish_all(numbered(100))
     pub.close()
@@ -178,7 +178,7 @@ def test_broker_restart_mid_stream_loses_nothing(
 def test_broker_restart_while_ingest_holds_unacked_messages(
     broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
 ) -> None:
-    ingest = start_ingest(ZMQ_SNDHWM="50")
+    ingest = start_ingest(ZMQ_RAW_SNDHWM="50")
     pub = Publisher(broker.host, broker.port)
     pub.publish_all(numbered(300))  # ingest holds up to 50 (no decoder yet), the broker the rest
     pub.close()
