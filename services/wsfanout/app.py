@@ -142,7 +142,16 @@ async def serve_until_stopped(config: Config) -> int:
     finally:
         sub.close(linger=LINGER_MS)  # no-op when closed already
         ctx.term()
-    logger.info("🛑 Stopped (epoch %s, %d events numbered)", fanout.epoch, fanout.seq)
+    logger.info(
+        "🛑 Stopped (epoch %s, %d events numbered): %d frames lost, %d duplicates dropped, "
+        "%d reordered, %d not delivered (slow clients, duplicates, bad frames)",
+        fanout.epoch,
+        fanout.seq,
+        metrics.total("frames_lost"),
+        metrics.total("duplicates"),
+        metrics.total("reordered"),
+        metrics.total("dropped"),
+    )
     return 0
 
 

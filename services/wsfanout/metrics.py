@@ -95,3 +95,15 @@ class Metrics:
 
     def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
         gauge.set_function(read)
+
+    def total(self, name: str) -> int:
+        """The sum of a counter over all its labels (for the stop summary line)."""
+        full = P + name + "_total"
+        return int(
+            sum(
+                sample.value
+                for family in self.registry.collect()
+                for sample in family.samples
+                if sample.name == full
+            )
+        )

@@ -182,6 +182,9 @@ def test_gaps_reorders_repeats_and_restarts_are_counted(start_fanout, open_feed)
     assert [value_of(m) for m in events] == [1, 2, 3, 5, 6, 7, 9, 8, 10, 1]
     assert [m["seq"] for m in events] == list(range(1, 11))
     client.close()
+    # The same accounting closes the log, for operators who read logs rather than metrics.
+    assert fanout.stop() == 0
+    assert "1 frames lost, 2 duplicates dropped, 1 reordered" in fanout.proc.log_text()
 
 
 def test_bad_frames_are_counted_by_reason_and_the_stream_goes_on(start_fanout, open_feed):
