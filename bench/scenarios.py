@@ -211,7 +211,10 @@ def find_max(
     if failed is None and best is not None:
         limit = f"ladder ended at {best.target_rate:,.0f} msg/s without a failure"
     elif failed is not None:
-        limit = f"first failing rate {hi:,.0f} msg/s: {step_ok(failed)[1]} (twice)"
+        limit = (
+            f"failed twice at {failed.target_rate:,.0f} msg/s ({step_ok(failed)[1]}); "
+            f"lowest failing rate after bisection: {hi:,.0f} msg/s"
+        )
     else:
         limit = "no clean step"
     return {"measurement": best.as_dict() if best else None, "steps": steps, "limit": limit}
