@@ -1,6 +1,6 @@
 """ZeroMQ socket helpers: every socket option chosen on purpose, in one place.
 
-Stable nodes bind (ingest PUSH, wsfanout SUB), scalable nodes connect (decode). Sockets are
+Stable nodes bind (ingest ROUTER, wsfanout SUB), scalable nodes connect (decode). Sockets are
 closed explicitly with a bounded linger, never by garbage collection.
 """
 

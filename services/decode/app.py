@@ -13,7 +13,7 @@ import zmq
 from services.decode.config import DecodeConfig, load
 from services.decode.dispatch import Decoder
 from services.decode.metrics import Metrics
-from services.decode.worker import Worker, connect_raw, open_sockets
+from services.decode.worker import RawLink, Worker, open_sockets
 from shared import service
 from shared.http_status import StatusServer
 from shared.zmq_util import LINGER_MS
@@ -41,9 +41,10 @@ def run(config: DecodeConfig) -> int:
         status = StatusServer(config.metrics_host, config.metrics_port, metrics.registry, health)
         status.start()
     ctx = zmq.Context()
-    pull = pub = None
+    links: list[RawLink] = []
+    pub = None
     try:
-        pull, pub = open_sockets(
+        links, pub = open_sockets(
             ctx,
             config.zmq_raw_connect,
             config.zmq_events_connect,
@@ -53,11 +54,18 @@ def run(config: DecodeConfig) -> int:
             max_msg_size=config.zmq_raw_max_message,
         )
         codecs = config.options.codecs
-        worker = Worker(pull, pub, Decoder(config.options), metrics, config.zmq_raw_max_message)
+        worker = Worker(
+            links,
+            pub,
+            Decoder(config.options),
+            metrics,
+            config.zmq_raw_max_message,
+            credit=config.zmq_raw_credit,
+        )
         if not worker.wait_for_subscriber(stop):
             logger.info("🛑 Stopped before any fan-out subscribed")
             return 0
-        connect_raw(pull, config.zmq_raw_connect)
+        worker.connect()
         ready.set()
         logger.info(
             "🔧 Decoder ready: raw codec %s, %d codec rule(s), payload limit %d bytes",
@@ -69,9 +77,11 @@ def run(config: DecodeConfig) -> int:
         logger.info("🛑 Drained; handled %d frames in all, closing sockets", worker.handled)
     finally:
         # Bounded linger: the last events get LINGER_MS to reach the fan-out, no longer.
-        for sock in (pull, pub):
-            if sock is not None:
-                sock.close(linger=LINGER_MS)
+        # Nothing queued towards ingest matters any more (a credit, a stop to a gone ingest).
+        for link in links:
+            link.sock.close(linger=0)
+        if pub is not None:
+            pub.close(linger=LINGER_MS)
         ctx.term()
         if status is not None:
             status.close()

@@ -19,7 +19,7 @@ SETTINGS = (
         "ZMQ_RAW_CONNECT",
         "tcp://127.0.0.1:5557",
         c.endpoints,
-        "ingest endpoints to PULL raw frames from (comma-separated)",
+        "ingest endpoints to take raw frames from, one DEALER each (comma-separated)",
     ),
     c.Setting(
         "ZMQ_EVENTS_CONNECT",
@@ -28,10 +28,17 @@ SETTINGS = (
         "fan-out endpoints to PUBlish events to (comma-separated)",
     ),
     c.Setting(
+        "ZMQ_RAW_CREDIT",
+        "100",
+        c.integer(1, 1_000_000),
+        "raw frames each ingest may send this worker before it grants more (the most a "
+        "killed worker loses per ingest)",
+    ),
+    c.Setting(
         "ZMQ_RAW_RCVHWM",
         "100",
         c.integer(1, 1_000_000),
-        "raw frames queued per ingest link before ingest is held back",
+        "raw frames queued per ingest link inside ZeroMQ (ZMQ_RAW_CREDIT bounds what is sent)",
     ),
     c.Setting(
         "ZMQ_EVENTS_SNDHWM",
@@ -43,7 +50,7 @@ SETTINGS = (
         "ZMQ_RAW_RCVBUF",
         "65536",
         c.integer(0, 64 * 1024 * 1024),
-        "kernel receive buffer of the PULL socket in bytes (0 = OS default)",
+        "kernel receive buffer of each raw DEALER socket in bytes (0 = OS default)",
     ),
     c.Setting(
         "ZMQ_RAW_MAX_MESSAGE",
@@ -104,6 +111,7 @@ SETTINGS = (
 class DecodeConfig:
     zmq_raw_connect: tuple[str, ...]
     zmq_events_connect: tuple[str, ...]
+    zmq_raw_credit: int
     zmq_raw_rcvhwm: int
     zmq_events_sndhwm: int
     zmq_raw_rcvbuf: int
@@ -136,6 +144,7 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig
     return DecodeConfig(
         zmq_raw_connect=values["zmq_raw_connect"],
         zmq_events_connect=values["zmq_events_connect"],
+        zmq_raw_credit=values["zmq_raw_credit"],
         zmq_raw_rcvhwm=values["zmq_raw_rcvhwm"],
         zmq_events_sndhwm=values["zmq_events_sndhwm"],
         zmq_raw_rcvbuf=values["zmq_raw_rcvbuf"],

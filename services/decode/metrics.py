@@ -52,7 +52,8 @@ class Metrics:
         )
         self.relinks = Counter(
             "gateway_decode_relinks",
-            "Links to ingest that ZeroMQ gave up on (a frame over ZMQ_RAW_MAX_MESSAGE), reconnected",
+            "Links to ingest that ZeroMQ gave up on (a frame over ZMQ_RAW_MAX_MESSAGE), "
+            "reconnected",
             registry=self.registry,
         )
         # Pre-create the known series so dashboards show 0 rather than nothing.

@@ -1,13 +1,17 @@
-"""The I/O shell around the decoder: PULL raw frames, decode, PUBlish events.
+"""The I/O shell around the decoder: take raw frames against credit, decode, PUBlish events.
 
 A synchronous pyzmq loop: poll with a short timeout so a stop request (a signal handler
-setting an Event) is noticed within ~100 ms. On stop it takes what ingest already sent
-it until the link is quiet (see :meth:`Worker.drain`), publishes it, and closes both
-sockets with a bounded linger so the last events still reach the fan-out.
+setting an Event) is noticed within ~100 ms. On stop it asks every ingest to stop sending
+and handles frames until each has answered ``stopped`` (see :meth:`Worker.drain`),
+publishes them, and closes the sockets with a bounded linger so the last events still
+reach the fan-out.
 
-Socket choices (RELIABILITY.md §0.7, §2): the PULL has a small RCVHWM *and* a small
-kernel buffer, so a killed worker loses at most about RCVHWM + RCVBUF/frame frames (the
-fan-out's per-source ``seq`` shows exactly which), and MAXMSGSIZE so a hostile peer
+Socket choices (RELIABILITY.md §0.7, §2): one DEALER per ingest endpoint, with
+credit-based flow control (:mod:`shared.rawlink`): ingest sends a link at most the credit
+it was granted (ZMQ_RAW_CREDIT), and credit is granted back only once the frames' events
+are handed to the events socket, so a killed worker loses at most its outstanding credit
+(the fan-out's per-source ``seq`` shows exactly which) and a stopped one loses nothing.
+Each DEALER also has a small RCVHWM and kernel buffer, and MAXMSGSIZE so a hostile peer
 cannot make it allocate gigabytes (an oversized frame makes ZeroMQ drop that link, and
 :class:`LinkWatch` reconnects it). The
 events socket is an XPUB with ZMQ_IMMEDIATE off: while the fan-out restarts, up to SNDHWM
@@ -35,7 +39,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from services.decode.dispatch import Decoder, error_event
 from services.decode.metrics import Metrics
-from shared import zmq_util
+from shared import rawlink, zmq_util
 from shared.frames import Event, FrameError, event_parts, unpack_raw
 from shared.log import RateLimitedLog
 
@@ -44,8 +48,7 @@ logger = logging.getLogger(__name__)
 POLL_MS = 100
 # Frames handled per poll wake-up: bounds the latency a batch adds (~BATCH x 20 us).
 BATCH = 64
-DRAIN_SECONDS = 2.0
-DRAIN_QUIET = 0.3
+DRAIN_SECONDS = 5.0  # longest wait for every ingest's ``stopped`` after a stop request
 RELINK_AFTER = 1.0  # seconds of silence after a disconnect before reconnecting by hand
 HELD_RETRY_MS = 10  # how often held events are offered to a full fan-out link again
 
@@ -91,10 +94,16 @@ class LinkWatch:
         | zmq.EVENT_CONNECT_DELAYED
     )
 
-    def __init__(self, sock: zmq.Socket, on_relink: Callable[[str], None]) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        sock: zmq.Socket,  # type: ignore[type-arg]
+        on_relink: Callable[[str], None],
+        on_link: Callable[[str, bool], None] | None = None,
+    ) -> None:
         self.sock = sock
         self.monitor = sock.get_monitor_socket(self.EVENTS)
         self.on_relink = on_relink
+        self.on_link = on_link  # (endpoint, connected) on every connect and disconnect
         self.silent_since: dict[str, float] = {}
 
     def handle_events(self) -> None:
@@ -112,6 +121,11 @@ class LinkWatch:
                 self.silent_since[endpoint] = time.monotonic()
             else:
                 self.silent_since.pop(endpoint, None)
+            if self.on_link is not None and message["event"] in (
+                zmq.EVENT_CONNECTED,
+                zmq.EVENT_DISCONNECTED,
+            ):
+                self.on_link(endpoint, message["event"] == zmq.EVENT_CONNECTED)
 
     def check(self) -> None:
         if not self.silent_since:
@@ -130,6 +144,26 @@ class LinkWatch:
         self.monitor.close(linger=0)
 
 
+class RawLink:
+    """One DEALER connected to one ingest endpoint, and its credit bookkeeping."""
+
+    def __init__(self, sock: zmq.Socket, endpoint: str) -> None:  # type: ignore[type-arg]
+        self.sock = sock
+        self.endpoint = endpoint
+        self.watch: LinkWatch | None = None
+        self.connected = False  # as the monitor last said
+        self.owed = 0  # frames handled from this link whose credit is not granted back yet
+        self.stopping = False  # we sent ``stop``
+        self.stopped = False  # ingest answered ``stopped``: nothing more is on its way
+
+    def send_control(self, parts: list[bytes]) -> bool:
+        try:
+            self.sock.send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:  # our queue to ingest is full: it is not reading; try later
+            return False
+        return True
+
+
 class Worker:
     """Receive a batch, decode it, then send the batch back to back.
 
@@ -137,22 +171,25 @@ class Worker:
     pipe is empty again by the time the next event is ready), a system call and a context
     switch that cost more than the decode itself on a busy machine. Back-to-back sends
     find the pipe still busy. A batch is only what is already queued (never waited for)
-    and at most ``BATCH`` frames, so an idle worker still sends each event at once."""
+    and at most ``BATCH`` frames, so an idle worker still sends each event at once.
+    Credit for a batch goes back to its ingest once its events are handed on."""
 
     def __init__(
         self,
-        pull: zmq.Socket,  # type: ignore[type-arg]
+        links: list[RawLink],
         pub: zmq.Socket,  # type: ignore[type-arg]
         decoder: Decoder,
         metrics: Metrics,
         max_frame: int,
+        credit: int = 100,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        self.pull = pull
+        self.links = links
         self.pub = pub
         self.decoder = decoder
         self.metrics = metrics
         self.max_frame = max_frame
+        self.credit = credit
         self.clock = clock
         self.handled = 0
         self.subscribers = 0  # SUBSCRIBE messages seen on the XPUB
@@ -183,46 +220,103 @@ class Worker:
             if message[:1] == b"\x01":
                 self.subscribers += 1
 
-    def run(self, stop: threading.Event) -> None:
-        watch = LinkWatch(self.pull, self._relinked)
+    def connect(self) -> None:
+        """Connect every link, watching it first so no connect event is missed: each
+        connect (the first one, and every one after ingest restarted) grants the initial
+        credit to the ingest at the other end."""
+        for link in self.links:
+
+            def on_link(_endpoint: str, connected: bool, link: RawLink = link) -> None:
+                self._link_changed(link, connected)
+
+            link.watch = LinkWatch(link.sock, self._relinked, on_link)
+            link.sock.connect(link.endpoint)
+            logger.info("🔌 raw frames DEALER connecting to %s", link.endpoint)
+
+    def _link_changed(self, link: RawLink, connected: bool) -> None:
+        link.connected = connected
+        if not connected:
+            return
+        link.owed = 0  # what the previous ingest was owed is void: a new one counts afresh
+        if link.stopping:
+            link.send_control(rawlink.STOP_MESSAGE)
+        else:
+            link.send_control(rawlink.credit_message(self.credit))
+
+    def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
-        poller.register(self.pull, zmq.POLLIN)
-        poller.register(watch.monitor, zmq.POLLIN)
+        for link in self.links:
+            poller.register(link.sock, zmq.POLLIN)
+            if link.watch is not None:
+                poller.register(link.watch.monitor, zmq.POLLIN)
+        return poller
+
+    def _watch(self, ready: dict[object, int]) -> None:
+        for link in self.links:
+            if link.watch is None:
+                continue
+            if link.watch.monitor in ready:
+                link.watch.handle_events()
+            link.watch.check()
+
+    def run(self, stop: threading.Event) -> None:
+        poller = self._poller()
         poller.register(self.pub, zmq.POLLIN)
         try:
             while not stop.is_set():
-                # While events are held, poll briefly and take no new frames: the raw link
-                # fills, ingest waits and stops acknowledging, the broker keeps the rest.
+                # While events are held, poll briefly and take no new frames (and grant no
+                # credit): ingest runs out of credit for us, waits and stops acknowledging,
+                # the broker keeps the rest.
                 ready = dict(poller.poll(HELD_RETRY_MS if self.pending else POLL_MS))
-                if watch.monitor in ready:
-                    watch.handle_events()
-                watch.check()
+                self._watch(ready)
                 if self.pub in ready:
                     self.read_subscriptions()
                 if self.pending:
                     self.flush()
-                elif self.pull in ready:
-                    self.batch()
+                else:
+                    for link in self.links:
+                        if link.sock in ready:
+                            self.batch(link)
+                            if self.pending:
+                                break
+                if not self.pending:
+                    self.grant()
             self.drain()
         finally:
-            watch.close()
+            for link in self.links:
+                if link.watch is not None:
+                    link.watch.close()
 
-    def batch(self) -> int:
-        """Handle up to BATCH frames already queued; the number handled."""
-        recv = self.pull.recv_multipart
+    def grant(self) -> None:
+        """Give each link back the credit of the frames handed on since the last grant."""
+        for link in self.links:
+            if (
+                link.owed
+                and not link.stopping
+                and link.send_control(rawlink.credit_message(link.owed))
+            ):
+                link.owed = 0
+
+    def batch(self, link: RawLink) -> int:
+        """Handle up to BATCH frames already queued on ``link``; the number handled."""
+        recv = link.sock.recv_multipart
         outgoing: list[list[bytes]] = []
         count = 0
-        for count in range(1, BATCH + 1):  # noqa: B007 (count is the result)
+        for _ in range(BATCH):
             try:
                 parts = recv(zmq.NOBLOCK)
             except zmq.Again:
-                count -= 1
                 break
+            if len(parts) == 2 and rawlink.is_stopped(parts):
+                link.stopped = True  # every frame ingest sent us came before this
+                continue
+            count += 1
             event = self.handle(parts)
             if event is not None:
                 outgoing.append(event)
         if count:
             self.handled += count
+            link.owed += count
             self.metrics.frames.inc(count)
         self.pending = outgoing
         self.flush()
@@ -257,23 +351,45 @@ class Worker:
         return True
 
     def drain(self) -> int:
-        """After a stop request: keep taking what ingest already sent this worker until
-        the link has been quiet for DRAIN_QUIET seconds (at most DRAIN_SECONDS).
-
-        ZeroMQ cannot stop a PULL's inflow without discarding its queue (disconnect drops
-        the pipe), so "stop pulling" means "stop once nothing more is on its way": frames
-        still in flight at the very end are lost with the link and show up as gaps."""
+        """After a stop request: ask every connected ingest to stop sending, and handle
+        frames until each has answered ``stopped`` (ZeroMQ keeps a pipe in order, so then
+        nothing more is on its way) or its link is gone, at most DRAIN_SECONDS."""
+        for link in self.links:
+            link.stopping = True
+            link.send_control(rawlink.STOP_MESSAGE)
         drained = 0
         deadline = time.monotonic() + DRAIN_SECONDS
-        while time.monotonic() < deadline:
+        poller = self._poller()
+        while True:
+            waiting = [link for link in self.links if link.connected and not link.stopped]
+            if not waiting and not self.pending:
+                break
+            if time.monotonic() >= deadline:
+                break
             if self.pending:
                 if not self.flush():
                     time.sleep(HELD_RETRY_MS / 1000)
                 continue
-            handled = self.batch()
-            drained += handled
-            if not handled and not self.pull.poll(int(DRAIN_QUIET * 1000)):
-                break
+            ready = dict(poller.poll(POLL_MS))
+            self._watch(ready)
+            for link in self.links:
+                if link.sock in ready:
+                    drained += self.batch(link)
+                    if self.pending:
+                        break
+        # What already arrived on a link that is gone is still in its queue: take it too.
+        for link in self.links:
+            while not self.pending and time.monotonic() < deadline and self.batch(link):
+                pass
+        while self.pending and time.monotonic() < deadline and not self.flush():
+            time.sleep(HELD_RETRY_MS / 1000)
+        if waiting:
+            logger.warning(
+                "⚠️ No 'stopped' from %s within %g s: frames still on their way from there "
+                "are lost (the fan-out counts them)",
+                ", ".join(link.endpoint for link in waiting),
+                DRAIN_SECONDS,
+            )
         if self.pending:
             logger.warning(
                 "⚠️ %d events could not be handed to a fan-out before the drain limit",
@@ -366,20 +482,20 @@ def open_sockets(
     sndhwm: int,
     rcvbuf: int,
     max_msg_size: int,
-) -> tuple[zmq.Socket, zmq.Socket]:  # type: ignore[type-arg]
-    pull = ctx.socket(zmq.PULL)
+) -> tuple[list[RawLink], zmq.Socket]:  # type: ignore[type-arg]
+    """One DEALER per ingest endpoint (not connected yet: :meth:`Worker.connect` does that
+    once a fan-out has subscribed, so until then ingest keeps its frames for workers that
+    can deliver), and the events XPUB, connected."""
+    links = []
+    for endpoint in raw_endpoints:
+        dealer = ctx.socket(zmq.DEALER)
+        zmq_util.configure(dealer, hwm=rcvhwm, kernel_buffer=rcvbuf, max_msg_size=max_msg_size)
+        links.append(RawLink(dealer, endpoint))
     pub = ctx.socket(zmq.XPUB)
-    zmq_util.configure(pull, hwm=rcvhwm, kernel_buffer=rcvbuf, max_msg_size=max_msg_size)
     zmq_util.configure(pub, hwm=sndhwm)
     # Every subscriber's SUBSCRIBE reaches us (not only the first of a topic), and a full
     # queue fails the send instead of dropping the event.
     pub.setsockopt(zmq.XPUB_VERBOSE, 1)
     pub.setsockopt(zmq.XPUB_NODROP, 1)
     zmq_util.connect_all(pub, event_endpoints, "events XPUB")
-    # The PULL connects only once a fan-out has subscribed (connect_raw): until then ingest
-    # keeps its frames for workers that can deliver.
-    return pull, pub
-
-
-def connect_raw(pull: zmq.Socket, raw_endpoints: tuple[str, ...]) -> None:  # type: ignore[type-arg]
-    zmq_util.connect_all(pull, raw_endpoints, "raw frames PULL")
+    return links, pub

@@ -1,8 +1,9 @@
-"""ingest's wiring: PUSH socket, status endpoint, sender thread, MQTT thread, graceful stop.
+"""ingest's wiring: ROUTER socket (raw frames), status endpoint, sender thread, MQTT thread,
+graceful stop.
 
 Shutdown on SIGTERM/SIGINT: take no new messages (they stay unacknowledged, so the broker
 redelivers them), forward and acknowledge what is held within MQTT_DRAIN_TIMEOUT,
-DISCONNECT (the persistent session stays on the broker), close the PUSH socket with a
+DISCONNECT (the persistent session stays on the broker), close the ROUTER socket with a
 bounded linger, log a summary, exit 0. A second signal skips the drain.
 """
 
@@ -18,7 +19,7 @@ from types import FrameType
 import zmq
 
 from services.ingest.config import Config, load
-from services.ingest.forwarder import SEND_POLL_S, Forwarder, Inbound
+from services.ingest.forwarder import Forwarder, Inbound
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from shared import service, zmq_util
@@ -33,15 +34,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return service.main("ingest", argv, load, run)
 
 
-def open_push(ctx: zmq.Context, config: Config) -> zmq.Socket:  # type: ignore[type-arg]
-    sock: zmq.Socket[bytes] = ctx.socket(zmq.PUSH)
-    # IMMEDIATE: queue frames only for decoders whose connection is complete; a small
-    # kernel buffer keeps the in-flight window what ZMQ_RAW_SNDHWM says (RELIABILITY.md §0.7).
-    zmq_util.configure(sock, hwm=config.zmq_raw_sndhwm, kernel_buffer=config.zmq_raw_sndbuf, immediate=True)
-    # A blocked send (every decoder busy) returns now and then so a stop is noticed.
-    sock.setsockopt(zmq.SNDTIMEO, int(SEND_POLL_S * 1000))
+def open_router(ctx: zmq.Context, config: Config) -> zmq.Socket:  # type: ignore[type-arg]
+    sock: zmq.Socket[bytes] = ctx.socket(zmq.ROUTER)
+    # Frames go only to decoders with credit (shared.rawlink), so the decoders' credit bounds
+    # what is in flight; SNDHWM and a small kernel buffer bound each pipe besides
+    # (RELIABILITY.md §0.7). MANDATORY: a send to a vanished decoder fails (EHOSTUNREACH)
+    # instead of silently dropping the frame, so it goes to another one.
+    zmq_util.configure(sock, hwm=config.zmq_raw_sndhwm, kernel_buffer=config.zmq_raw_sndbuf)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     try:
-        zmq_util.bind(sock, config.zmq_raw_bind, "raw frames PUSH")
+        zmq_util.bind(sock, config.zmq_raw_bind, "raw frames ROUTER")
     except OSError:
         sock.close(linger=0)
         raise
@@ -67,7 +69,7 @@ def run(config: Config) -> int:
     _log_start(config)
     ctx = zmq.Context()
     try:
-        push = open_push(ctx, config)
+        router = open_router(ctx, config)
     except OSError:
         ctx.term()
         raise
@@ -78,14 +80,14 @@ def run(config: Config) -> int:
                 config.metrics_host, config.metrics_port, metrics.registry, link.ready
             )
         except OSError as exc:
-            push.close(linger=0)
+            router.close(linger=0)
             ctx.term()
             raise OSError(
                 f"cannot serve metrics on {config.metrics_host}:{config.metrics_port}: {exc}"
             ) from None
         status.start()
 
-    forwarder = Forwarder(push, inbox, link, config.zmq_raw_src, metrics)
+    forwarder = Forwarder(router, inbox, link, config.zmq_raw_src, metrics)
     forwarder.start()
     link.start()
     exit_code = 0
@@ -106,7 +108,7 @@ def run(config: Config) -> int:
     if left:
         metrics.deferred.inc(left)
     link.close(MQTT_CLOSE_TIMEOUT_S)
-    push.close(linger=zmq_util.LINGER_MS)
+    router.close(linger=zmq_util.LINGER_MS)
     ctx.term()
     if status is not None:
         status.close()

@@ -157,7 +157,7 @@ SETTINGS = (
         "ZMQ_RAW_BIND",
         "tcp://127.0.0.1:5557",
         cfg.endpoint,
-        "where the PUSH socket for raw frames binds",
+        "where the ROUTER socket for raw frames binds",
     ),
     Setting(
         "ZMQ_RAW_SNDHWM",
@@ -250,7 +250,7 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> Config:
         environ,
         argv,
         prog="python -m services.ingest",
-        description="Subscribe to the MQTT broker and PUSH every message as a raw frame to decode.",
+        description="Subscribe to the MQTT broker and send every message as a raw frame to decode.",
     )
     if v["mqtt_reconnect_max"] < v["mqtt_reconnect_min"]:
         raise ConfigError(

@@ -1,9 +1,13 @@
-"""The sender thread: wraps each received message as a raw frame, PUSHes it, then acks it.
+"""The sender thread: wraps each received message as a raw frame, sends it to a decoder
+that has credit for it (ROUTER, :mod:`shared.rawlink`), then acks it.
 
 paho's callbacks only enqueue (a blocked callback stops keepalives, RELIABILITY.md §0.6);
-everything that can wait happens here. The PUSH socket blocks when every decoder is busy or
-none is connected: the thread then simply waits, the broker's inflight window fills
-because nothing is acknowledged, and the broker holds the rest. Nothing is dropped.
+everything that can wait happens here. When no decoder has credit (all busy, stopping, or
+none connected) the thread simply waits, reading the decoders' control messages; the
+broker's inflight window fills because nothing is acknowledged, and the broker holds the
+rest. Nothing is dropped. A decoder's ``stop`` is answered with ``stopped`` after the last
+frame sent to it, so a decoder that stops loses nothing; a peer that vanished
+(EHOSTUNREACH, ROUTER_MANDATORY) is forgotten and the frame goes to another.
 
 Acks go out in receive order, one per message, only after ZeroMQ has taken the frame, so a
 crash of ingest loses nothing the broker still holds (it redelivers unacked messages).
@@ -11,6 +15,7 @@ crash of ingest loses nothing the broker still holds (it redelivers unacked mess
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -21,11 +26,12 @@ from typing import Protocol
 import zmq
 
 from services.ingest.metrics import Metrics
+from shared import rawlink
 from shared.frames import RawFrame, pack_raw
 
 logger = logging.getLogger(__name__)
 
-SEND_POLL_S = 0.1  # the PUSH socket's SNDTIMEO: how often a blocked send looks up
+SEND_POLL_S = 0.1  # how often a send waiting for credit looks up for a stop request
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
 
 
@@ -66,6 +72,10 @@ class Forwarder:
         self._finish = threading.Event()  # stop once the inbox is empty
         self._abort = threading.Event()  # stop now, even in the middle of a blocked send
         self._holding: Inbound | None = None
+        # Credit per decoder (ROUTER identity), only those with credit left (> 0), in
+        # round-robin order.
+        self._credit: dict[bytes, int] = {}
+        self._stopped: set[bytes] = set()  # peers that asked to stop: their credit is void
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
     @property
@@ -100,6 +110,7 @@ class Forwarder:
             except queue.Empty:
                 if self._finish.is_set():
                     return
+                self._pump()  # answer a decoder's stop even when no message flows
                 continue
             self._holding = item
             try:
@@ -128,29 +139,79 @@ class Forwarder:
         self._ack(item)
         return True
 
+    def _pump(self) -> None:
+        """Read every control message queued on the ROUTER (never blocks)."""
+        sock = self._sock
+        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            try:
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._control(parts[0], parts[1:])
+
+    def _control(self, peer: bytes, parts: list[bytes]) -> None:
+        msg = rawlink.parse_control(parts)
+        if msg is None:
+            logger.warning("⚠️ Ignored a malformed control message from a decoder: %.80r", parts)
+            return
+        kind, n = msg
+        if kind == rawlink.CREDIT:
+            if peer not in self._stopped:
+                self._credit[peer] = self._credit.get(peer, 0) + n
+            return
+        # STOP: nothing more goes to this peer; everything sent so far precedes the answer.
+        self._credit.pop(peer, None)
+        self._stopped.add(peer)
+        # Gone already (EHOSTUNREACH) or its pipe is full: the decoder's drain times out.
+        with contextlib.suppress(zmq.ZMQError):
+            self._sock.send_multipart([peer, *rawlink.STOPPED_MESSAGE], zmq.NOBLOCK)
+        logger.info("👋 A decoder asked to stop: it gets no more frames")
+
+    def _try_send(self, data: bytes) -> bool:
+        """Hand ``data`` to the next decoder with credit, round-robin (the one served
+        moves to the end); False when none could take it."""
+        credits = self._credit
+        for peer in list(credits):
+            credit = credits[peer]
+            try:
+                self._sock.send_multipart([peer, data], zmq.NOBLOCK)
+            except zmq.Again:  # its pipe is at SNDHWM: try the others
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                del credits[peer]  # vanished (killed, or relinked under a new identity)
+                logger.info("👋 A decoder vanished with %d credit left: sending to others", credit)
+                continue
+            del credits[peer]  # to the end of the order, or out until it grants more (so a
+            if credit > 1:  # vanished peer without credit is not kept)
+                credits[peer] = credit - 1
+            return True
+        return False
+
     def _send(self, data: bytes) -> bool:
         blocked_at: float | None = None
         noticed = False
         while True:
-            try:
-                self._sock.send(data)
+            self._pump()
+            if self._try_send(data):
                 break
-            except zmq.Again:
-                # SNDTIMEO expired: no decoder can take the frame right now. Wait, looking
-                # up every SEND_POLL_S for a stop request; never drop.
-                now = time.monotonic()
-                if blocked_at is None:
-                    blocked_at = now - SEND_POLL_S
-                if not noticed and now - blocked_at >= BLOCKED_NOTICE_S:
-                    noticed = True
-                    logger.warning(
-                        "⏸️ No decoder is taking frames (none connected, or all busy): waiting "
-                        "with %d messages held; the broker keeps the rest",
-                        self._inbox.qsize() + 1,
-                    )
-                if self._abort.is_set():
-                    self._m.send_wait.inc(now - blocked_at)
-                    return False
+            # No decoder can take the frame right now. Wait for credit, looking up every
+            # SEND_POLL_S for a stop request; never drop.
+            now = time.monotonic()
+            if blocked_at is None:
+                blocked_at = now
+            if not noticed and now - blocked_at >= BLOCKED_NOTICE_S:
+                noticed = True
+                logger.warning(
+                    "⏸️ No decoder is taking frames (none connected, or all busy): waiting "
+                    "with %d messages held; the broker keeps the rest",
+                    self._inbox.qsize() + 1,
+                )
+            if self._abort.is_set():
+                self._m.send_wait.inc(now - blocked_at)
+                return False
+            self._sock.poll(int(SEND_POLL_S * 1000), zmq.POLLIN)
         if blocked_at is not None:
             waited = time.monotonic() - blocked_at
             self._m.send_wait.inc(waited)

@@ -16,7 +16,12 @@ def test_defaults() -> None:
     config = load({}, [])
     assert config.zmq_raw_connect == ("tcp://127.0.0.1:5557",)
     assert config.zmq_events_connect == ("tcp://127.0.0.1:5558",)
-    assert (config.zmq_raw_rcvhwm, config.zmq_events_sndhwm, config.zmq_raw_rcvbuf) == (100, 10000, 65536)
+    assert (config.zmq_raw_rcvhwm, config.zmq_events_sndhwm, config.zmq_raw_rcvbuf) == (
+        100,
+        10000,
+        65536,
+    )
+    assert config.zmq_raw_credit == 100
     assert config.metrics_port == 9102 and config.metrics_host == "127.0.0.1"
     limits = config.options.limits
     assert (limits.max_payload, limits.max_depth, limits.max_name) == (262144, 32, 256)
@@ -57,6 +62,7 @@ def test_explicit_max_msg_size() -> None:
         ({"DECODE_CODECS": "fport:x=cayenne_lpp"}, "DECODE_CODECS"),
         ({"ZMQ_EVENTS_CONNECT": ""}, "ZMQ_EVENTS_CONNECT"),
         ({"ZMQ_RAW_RCVHWM": "0"}, "ZMQ_RAW_RCVHWM"),
+        ({"ZMQ_RAW_CREDIT": "0"}, "ZMQ_RAW_CREDIT"),
         ({"DECODE_DEFAULT_TENANT": " "}, "DECODE_DEFAULT_TENANT"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
     ],

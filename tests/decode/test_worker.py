@@ -1,5 +1,6 @@
-"""The decode worker as a real process between real ZeroMQ peers: a PUSH playing ingest
-and a SUB playing the fan-out, both bound on free ports, like the real topology."""
+"""The decode worker as a real process between real ZeroMQ peers: a credit-keeping ROUTER
+playing ingest and a SUB playing the fan-out, both bound on free ports, like the real
+topology."""
 
 from __future__ import annotations
 
@@ -18,20 +19,19 @@ from shared.frames import Event, RawFrame, pack_raw, parse_event
 from tests.decode.helpers import NOW_MS, V4, fixture_bytes, v4_up
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, run_cli
+from tests.support.rawlink import CreditRouter
 from tests.support.timing import seconds, wait_for
 
 UP = V4.format("up")
 
 
 class Peers:
-    """ingest's PUSH and the fan-out's SUB, bound on free loopback ports."""
+    """ingest's ROUTER (sending only against credit) and the fan-out's SUB, bound on free
+    loopback ports."""
 
     def __init__(self) -> None:
         self.ctx = zmq.Context()
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.SNDTIMEO, int(seconds(10) * 1000))
-        self.push.bind("tcp://127.0.0.1:0")
+        self.router = CreditRouter(self.ctx)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.RCVHWM, 0)
@@ -41,14 +41,17 @@ class Peers:
 
     @property
     def raw_endpoint(self) -> str:
-        return self.push.getsockopt_string(zmq.LAST_ENDPOINT)
+        return self.router.endpoint
 
     @property
     def events_endpoint(self) -> str:
         return self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
 
+    def send_raw(self, data: bytes | list[bytes]) -> bytes:
+        return self.router.send(data, seconds(10))
+
     def send(self, topic: str, payload: bytes, seq: int, src: str = "ingest-test") -> None:
-        self.push.send(
+        self.send_raw(
             pack_raw(
                 RawFrame(
                     src=src, seq=seq, ts=NOW_MS * 1_000_000, topic=topic, payload=payload, qos=1
@@ -74,7 +77,7 @@ class Peers:
             pass
 
     def close(self) -> None:
-        self.push.close(0)
+        self.router.close()
         self.sub.close(0)
         self.ctx.term()
 
@@ -110,6 +113,12 @@ def start_decoder(
     wait_for(ready, 20, "the decoder to be ready")
     peers.connected()
     return proc
+
+
+def wait_exit(proc: ServiceProcess, timeout: float = 10.0) -> int:
+    """The exit code of a process already signalled (a second SIGINT would skip the drain)."""
+    assert proc.proc is not None
+    return proc.proc.wait(timeout=seconds(timeout))
 
 
 def metrics(port: int) -> dict[str, float]:
@@ -163,12 +172,12 @@ def test_good_and_garbage_interleaved(
             expected_errors.append("codec")
     # Broken frames: unrecoverable ones are only counted; a readable map with an unknown
     # version still says src/seq, so an _error/frame event keeps the gap count exact.
-    peers.push.send(b"\x00\x01 not msgpack")
-    peers.push.send(b"\xdd\xff\xff\xff\xff")  # a 4-billion-element array header
-    peers.push.send(msgpack.packb({1: 2, "src": "x"}))
-    peers.push.send_multipart([b"two", b"parts"])
+    peers.send_raw(b"\x00\x01 not msgpack")
+    peers.send_raw(b"\xdd\xff\xff\xff\xff")  # a 4-billion-element array header
+    peers.send_raw(msgpack.packb({1: 2, "src": "x"}))
+    peers.send_raw([b"two", b"parts"])
     seq += 1
-    peers.push.send(
+    peers.send_raw(
         msgpack.packb(
             {"v": 99, "src": "ingest-test", "seq": seq, "ts": 0, "topic": UP, "payload": b"{}"}
         )
@@ -251,6 +260,42 @@ def test_an_oversized_frame_costs_the_link_not_the_worker(
     assert proc.stop() == 0
 
 
+def test_credit_bounds_what_is_sent_and_comes_back_once_published(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_CREDIT="10")
+    router = peers.router
+
+    def outstanding() -> int:
+        router.pump()
+        return sum(router.credit.values())
+
+    wait_for(lambda: outstanding() == 10, 10, "the probes' credit back")
+    proc.send_signal(signal.SIGSTOP)  # it cannot grant more now
+    try:
+        for seq in range(1, 11):
+            peers.send(UP, good(seq), seq)
+        assert outstanding() == 0  # the 10 granted are used; an 11th would have to wait
+        with pytest.raises(TimeoutError):
+            router.send(b"never sent", timeout=0.3)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    seqs = []
+    for _ in range(10):
+        event = peers.recv()
+        assert event is not None
+        seqs.append(event.body["seq"])
+    assert seqs == list(range(1, 11))
+    wait_for(lambda: outstanding() == 10, 10, "the credit back after publishing")
+
+    # SIGTERM: the worker asks to stop; once answered, it has everything and exits at once.
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: outstanding() == 0 and router.stops == 1, 10, "the stop request")
+    assert wait_exit(proc) == 0
+    log = proc.log_text()
+    assert "🛑 Stopped" in log and "No 'stopped'" not in log
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_drains_and_exits_0(
     services: list[ServiceProcess], tmp_path: Path, peers: Peers, sig: int
@@ -261,7 +306,9 @@ def test_signal_drains_and_exits_0(
         peers.send(UP, good(seq), seq)
     first = peers.recv()
     assert first is not None
-    assert proc.stop(sig, timeout=10) == 0
+    proc.send_signal(sig)
+    wait_for(lambda: peers.router.pump() or peers.router.stops == 1, 10, "the stop request")
+    assert wait_exit(proc) == 0
     seqs = [first.body["seq"]]
     while (event := peers.recv(1.0)) is not None:
         seqs.append(event.body["seq"])

@@ -1,24 +1,22 @@
 """decode faults (RELIABILITY.md §9.1 F11-F14): a replica killed, frozen or stopped, or all
 of them gone for a while.
 
-ZeroMQ PUSH/PULL has no acknowledgements: what a killed decoder held (its share of
-ingest's queue, its own queue, both kernel buffers) is gone. The gateway's promise there is
-that the loss is bounded by the configured high-water marks and buffers and counted
-exactly by the fan-out's per-source seq tracking (``frames_lost``). Everything else here
-must lose nothing.
+The raw link is credit-based (ROUTER/DEALER, shared/rawlink.py): ingest sends a decoder
+at most the credit it granted. What a killed decoder held is gone; the gateway's promise
+there is that the loss is bounded by its credit (ZMQ_RAW_CREDIT) and counted exactly by
+the fan-out's per-source seq tracking (``frames_lost``). Everything else here, a SIGTERM
+included (stop/stopped handshake), must lose nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import time
 from typing import Any
 
 import pytest
 
-from shared.frames import RawFrame, pack_raw
 from tests.faults.checks import assert_accounted, fanout_counters, ingest_value, settled_counters
 from tests.faults.client import StreamClient
 from tests.faults.conftest import GatewayFactory
@@ -28,49 +26,27 @@ from tests.faults.harness import (
     metric,
     new_stream,
     numbers,
-    uplink,
     wait_received,
 )
 from tests.faults.scenario import run_stream
 from tests.support.timing import wait_for
 
-# Small queues for the kill cases, so "bounded by the HWMs" is a tight, checkable number.
+# Small queues for the kill cases, so "bounded by the credit" is a tight, checkable number.
 INGEST_SNDHWM, INGEST_SNDBUF = 100, 16384
-DECODE_RCVHWM, DECODE_RCVBUF = 50, 16384
+DECODE_CREDIT, DECODE_RCVHWM, DECODE_RCVBUF = 40, 50, 16384
 SMALL_QUEUES = {
     "ingest": {"ZMQ_RAW_SNDHWM": str(INGEST_SNDHWM), "ZMQ_RAW_SNDBUF": str(INGEST_SNDBUF)},
-    "decode": {"ZMQ_RAW_RCVHWM": str(DECODE_RCVHWM), "ZMQ_RAW_RCVBUF": str(DECODE_RCVBUF)},
+    "decode": {
+        "ZMQ_RAW_CREDIT": str(DECODE_CREDIT),
+        "ZMQ_RAW_RCVHWM": str(DECODE_RCVHWM),
+        "ZMQ_RAW_RCVBUF": str(DECODE_RCVBUF),
+    },
 }
-ZMQ_BATCH = 8192  # libzmq's encoder/decoder batch buffer on each end of a TCP connection
-
-# Known decode defects (tests/faults/README.md, "Known failures"). A case that meets one
-# still fails on anything else (a loss the gateway did not count, a wrong exit code...);
-# the loss itself is reported as an expected failure with its figures until decode is fixed,
-# and the case simply passes once it is.
-SIGTERM_LOSS = (
-    "decode SIGTERM while frames flow loses those in flight (the drain ends at its deadline "
-    "with ingest still sending; PUSH/PULL cannot stop the inflow)"
-)
-SLOW_JOINER = (
-    "a (re)started decoder takes frames before the fan-out's subscription reached its PUB, "
-    "which drops them (slow joiner)"
-)
-
-
-def known_loss(reason: str, report: Any, frames_lost: float) -> None:
-    """Hard-check that the loss was counted exactly, then mark the case an expected failure."""
-    assert frames_lost == len(report.lost), f"a loss the gateway did not count: {report.summary()}"
-    if report.lost:
-        pytest.xfail(f"known bug: {reason}: lost {len(report.lost)} {report.lost[:10]}, counted")
-
 
 def loss_bound() -> int:
-    """Most frames one decoder can take with it: ingest's pipe to it (SNDHWM) + its own
-    queue (RCVHWM) + both kernel buffers (Linux doubles SO_SNDBUF/SO_RCVBUF) and libzmq's
-    batch buffers, in frames of this stream's size, + the frame in hand."""
-    frame = len(pack_raw(RawFrame("x" * 24, 1, time.time_ns(), *uplink(new_stream(1), 0))))
-    in_buffers = 2 * INGEST_SNDBUF + 2 * DECODE_RCVBUF + 2 * ZMQ_BATCH
-    return INGEST_SNDHWM + DECODE_RCVHWM + math.ceil(in_buffers / frame) + 1
+    """Most frames one decoder can take with it: the credit it granted ingest (the frames
+    it holds in hand or in queues are part of it: credit comes back only once handed on)."""
+    return DECODE_CREDIT
 
 
 @pytest.mark.timeout(120)
@@ -89,8 +65,8 @@ def test_f11_one_of_three_decoders_sigkilled_loss_is_bounded_and_counted_exactly
         victim = gw.decoder(1)
         if victim_state == "backlogged":
             victim.send_signal(signal.SIGSTOP)
-            # Round-robin gives it a third of the stream until its pipe is full, then skips
-            # it: once 3 x bound more frames have gone through, it holds all it can.
+            # Round-robin gives it a third of the stream until its credit is used up, then
+            # skips it: once 3 x bound more frames have gone through, it holds all it can.
             forwarded = ingest_value(gw, "gateway_ingest_frames_forwarded_total")
             wait_for(
                 lambda: (
@@ -128,6 +104,7 @@ def test_f11_one_of_three_decoders_sigkilled_loss_is_bounded_and_counted_exactly
     assert counters.frames_lost == lost, out.report.summary()
     assert lost <= bound, f"lost {lost} > bound {bound}: {out.report.summary()}"
     if victim_state == "backlogged":
+        # Frozen, it held its credit (less what it had handled but not granted back yet).
         assert lost > 0, "the frozen decoder held nothing: the case proved nothing"
     assert out.report.duplicates == 0
     assert counters.late == 0
@@ -142,7 +119,13 @@ def test_f12_frozen_decoder_resumed_its_frames_are_reordered_not_lost(
 ) -> None:
     """SIGSTOP one of three until the fan-out is visibly waiting for its frames, SIGCONT:
     they arrive late, within the reorder window (30 s here), so reordered, not gaps."""
-    gw = gateway(decoders=3, env={"ZMQ_EVENTS_REORDER_TIMEOUT": "30"})
+    # The frozen decoder holds at most its credit: give it room for well over the 100
+    # awaited seqs (the default credit, 100, would be the threshold itself).
+    gw = gateway(
+        decoders=3,
+        env={"ZMQ_EVENTS_REORDER_TIMEOUT": "30"},
+        service_env={"decode": {"ZMQ_RAW_CREDIT": "300"}},
+    )
     seen: dict[str, Any] = {}
 
     def freeze_and_thaw() -> None:
@@ -218,7 +201,8 @@ def test_f13_all_decoders_down_ingest_waits_and_nothing_is_lost(
     assert out.report.duplicates == 0
     assert counters.late == 0
     assert_accounted(counters, out.report.distinct)
-    known_loss(f"{SIGTERM_LOSS}; {SLOW_JOINER}", out.report, counters.frames_lost)
+    assert counters.frames_lost == len(out.report.lost), out.report.summary()
+    assert out.report.lost == [], out.report.summary()
 
 
 def peak(gw: Any, name: str, index: int = 0) -> int:
@@ -257,7 +241,8 @@ def test_f14_decoder_sigterm_mid_stream_exits_0_and_loses_nothing(
     assert out.report.duplicates == 0
     assert counters.late == 0
     assert_accounted(counters, out.report.distinct)
-    known_loss(SIGTERM_LOSS, out.report, counters.frames_lost)
+    assert counters.frames_lost == len(out.report.lost), out.report.summary()
+    assert out.report.lost == [], out.report.summary()
 
 
 @pytest.mark.timeout(90)
@@ -291,7 +276,8 @@ def test_f13_decoder_starting_while_ingest_holds_a_backlog_loses_nothing(
     )
     assert report.expected == stream.count
     assert report.duplicates == 0 and report.reordered == 0
-    known_loss(SLOW_JOINER, report, counters.frames_lost)
+    assert counters.frames_lost == len(report.lost), report.summary()
+    assert report.lost == [], report.summary()
 
 
 @pytest.mark.timeout(90)

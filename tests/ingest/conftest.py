@@ -1,5 +1,5 @@
 """Fixtures for the ingest tests: ingest as a real subprocess against the per-test
-Mosquitto, frame collectors on real PULL sockets, and logs printed when a test fails."""
+Mosquitto, frame collectors on real DEALER sockets, and logs printed when a test fails."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def start_ingest(
 
 @pytest.fixture
 def collect(ingest_env: dict[str, str]) -> Iterator[Callable[..., FrameCollector]]:
-    """``collect()``: a PULL socket on ingest's endpoint, closed when the test ends."""
+    """``collect()``: a credit-granting DEALER on ingest's endpoint, closed when the test ends."""
     opened: list[FrameCollector] = []
 
     def make(endpoint: str | None = None, **kwargs: int) -> FrameCollector:

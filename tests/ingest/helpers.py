@@ -1,4 +1,4 @@
-"""Test helpers for ingest: a real PULL socket collecting raw frames in a thread, numbered
+"""Test helpers for ingest: a real DEALER socket collecting raw frames in a thread, numbered
 publishing, /metrics and /healthz readers, and a throw-away TLS CA."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.frames import RawFrame, unpack_raw
+from tests.support.rawlink import CreditDealer
 from tests.support.timing import seconds, wait_for
 
 UP_TOPIC = "application/app-1/device/{dev}/event/up"
@@ -38,14 +39,12 @@ def numbers(frames: Iterable[RawFrame]) -> list[int]:
 
 
 class FrameCollector:
-    """A PULL socket connected to ingest's endpoint; a thread keeps receiving frames."""
+    """A decoder stand-in on ingest's endpoint: a DEALER that grants ``credit`` on every
+    connect and one more per frame received; a thread keeps receiving frames."""
 
-    def __init__(self, endpoint: str, rcvhwm: int = 1000) -> None:
+    def __init__(self, endpoint: str, credit: int = 1000, rcvhwm: int = 1000) -> None:
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.connect(endpoint)
+        self._dealer = CreditDealer(self._ctx, endpoint, credit, rcvhwm=rcvhwm)
         self._frames: list[RawFrame] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -53,14 +52,14 @@ class FrameCollector:
         self._thread.start()
 
     def _run(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
         while not self._stop.is_set():
-            if poller.poll(50):
-                frame = unpack_raw(self._sock.recv())
+            got = self._dealer.service(50)
+            if got:
+                frames = [unpack_raw(data) for data in got]
                 with self._lock:
-                    self._frames.append(frame)
-        self._sock.close(linger=0)
+                    self._frames.extend(frames)
+                self._dealer.grant(len(got))
+        self._dealer.close()
 
     @property
     def frames(self) -> list[RawFrame]:

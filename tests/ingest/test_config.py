@@ -80,7 +80,8 @@ def test_shared_subscription_prefixes_every_filter() -> None:
 def test_receive_maximum_follows_the_push_hwm_unless_set() -> None:
     assert load({"ZMQ_RAW_SNDHWM": "100"}, []).mqtt_receive_maximum == 100
     assert load({"ZMQ_RAW_SNDHWM": "100000"}, []).mqtt_receive_maximum == 65535
-    assert load({"ZMQ_RAW_SNDHWM": "100", "MQTT_RECEIVE_MAXIMUM": "20"}, []).mqtt_receive_maximum == 20
+    both = {"ZMQ_RAW_SNDHWM": "100", "MQTT_RECEIVE_MAXIMUM": "20"}
+    assert load(both, []).mqtt_receive_maximum == 20
 
 
 def test_password_file_is_read_without_its_newline(tmp_path: Path) -> None:

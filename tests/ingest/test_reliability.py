@@ -87,7 +87,8 @@ def test_backpressure_waits_for_decoders_instead_of_dropping(
     broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
 ) -> None:
     port = free_port()
-    ingest = start_ingest(ZMQ_RAW_SNDHWM="20", METRICS_PORT=str(port))  # Receive Maximum follows: 20
+    # Receive Maximum follows ZMQ_RAW_SNDHWM: 20
+    ingest = start_ingest(ZMQ_RAW_SNDHWM="20", METRICS_PORT=str(port))
     pub = Publisher(broker.host, broker.port)
     pub.publish_all(numbered(500))
     pub.close()

@@ -1,0 +1,61 @@
+"""The raw link's flow control: credit-based ROUTER (ingest) / DEALER (decode).
+
+zguide ch. 3 (load balancing) and ch. 4 (credit-based flow control). ingest binds a
+ROUTER on ``ZMQ_RAW_BIND``; every decode worker connects one DEALER per endpoint in
+``ZMQ_RAW_CONNECT``, so credit is kept per link. ingest sends a frame only to a peer that
+has credit for it, so a decoder never has more than the credit it granted in flight
+(a SIGKILLed decoder loses at most that plus what it held), and a stopping decoder can
+stop the inflow without losing what is already on its way.
+
+Messages (ZeroMQ multipart; the ROUTER's peer identity part is not shown):
+
+decode → ingest
+    ``[b"credit", b"<n>"]``  send me ``n`` more frames (n > 0, ASCII decimal).
+    ``[b"stop"]``            send me no more frames; answer with ``stopped``.
+
+ingest → decode
+    ``[<raw frame>]``        one part: one raw frame (:func:`shared.frames.pack_raw`).
+    ``[b"ctl", b"stopped"]`` the answer to ``stop``: ZeroMQ keeps each pipe in order, so
+                             every frame ingest sent before it has arrived when decode
+                             reads it. ingest forgets the peer's credit and ignores any
+                             later credit from it.
+
+A decoder grants its initial credit (``ZMQ_RAW_CREDIT``) each time its link connects,
+and grants one credit back per frame from that link once the frame's event has been
+handed to the events socket (so a full fan-out link holds back the credit, and with it
+ingest). Anything malformed is ignored by the receiver (and counted/logged there).
+"""
+
+from __future__ import annotations
+
+CREDIT = b"credit"
+STOP = b"stop"
+CTL = b"ctl"
+STOPPED = b"stopped"
+
+STOP_MESSAGE: list[bytes] = [STOP]
+STOPPED_MESSAGE: list[bytes] = [CTL, STOPPED]
+MAX_CREDIT = 1 << 31  # larger grants are malformed
+
+
+def credit_message(n: int) -> list[bytes]:
+    """The parts that grant ``n`` (> 0) more frames."""
+    if not 0 < n < MAX_CREDIT:
+        raise ValueError(f"credit must be in 1..{MAX_CREDIT - 1}, not {n}")
+    return [CREDIT, str(n).encode()]
+
+
+def parse_control(parts: list[bytes]) -> tuple[bytes, int] | None:
+    """A decode → ingest message as ``(CREDIT, n)`` or ``(STOP, 0)``; None if malformed."""
+    if len(parts) == 1 and parts[0] == STOP:
+        return STOP, 0
+    if len(parts) == 2 and parts[0] == CREDIT and parts[1].isdigit() and len(parts[1]) <= 10:
+        n = int(parts[1])
+        if 0 < n < MAX_CREDIT:
+            return CREDIT, n
+    return None
+
+
+def is_stopped(parts: list[bytes]) -> bool:
+    """True for ingest's answer to a ``stop``."""
+    return len(parts) == 2 and parts[0] == CTL and parts[1] == STOPPED
