@@ -1,1 +1,1 @@
-"""decode: PULL raw frames, decode them with pure functions, PUBlish events."""
+"""decode: take raw frames on credit, decode them with pure functions, PUBlish events."""
