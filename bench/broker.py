@@ -10,11 +10,10 @@ puts no gateway at all between the broker and the browsers).
 from __future__ import annotations
 
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
-from bench.common import HOST, free_port, wait_port
+from bench.common import HOST, free_port, stop_process, wait_port
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -67,13 +66,5 @@ class BenchBroker:
         return self
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None

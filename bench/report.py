@@ -264,7 +264,9 @@ def profile_section(profile: dict[str, Any]) -> list[str]:
     lines.append("")
     for name, svc in profile["services"].items():
         per_msg = (
-            f", {svc['cpu_us_per_msg']:.0f} µs CPU per message through the gateway" if svc.get("cpu_us_per_msg") else ""
+            f", {svc['cpu_us_per_msg']:.0f} µs CPU per message through the gateway"
+            if svc.get("cpu_us_per_msg")
+            else ""
         )
         lines.append(
             f"**{name}** — {svc['cpu_share']} of a core{per_msg}, {svc['samples']:,} py-spy samples"

@@ -14,12 +14,19 @@ processes whose CPU and memory count as the system's; the broker is measured apa
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 from pathlib import Path
 
 from bench.broker import BenchBroker
-from bench.common import HOST, PYTHON, ROOT, free_port, wait_file_text, wait_port
+from bench.common import (
+    HOST,
+    PYTHON,
+    ROOT,
+    free_port,
+    stop_process,
+    wait_file_text,
+    wait_port,
+)
 from bench.payload import TOPIC_FILTER
 
 SYSTEMS = ("gateway", "naive", "nodered", "mosquitto")
@@ -90,13 +97,7 @@ class _SingleProcess(System):
             )
 
     def _stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def sut_pids(self) -> dict[str, int]:
