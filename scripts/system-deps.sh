@@ -4,7 +4,7 @@
 # gets one line saying what to install.
 set -euo pipefail
 want=(mosquitto)
-[ "${1:-}" = "--test" ] && want+=(mosquitto-clients chromium)
+[ "${1:-}" = "--test" ] && want+=(mosquitto-clients chromium fonts-liberation)
 
 missing=()
 for pkg in "${want[@]}"; do
