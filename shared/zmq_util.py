@@ -22,7 +22,6 @@ def configure(
     hwm: int,
     kernel_buffer: int = 0,
     linger_ms: int = LINGER_MS,
-    immediate: bool = False,
     max_msg_size: int = -1,
 ) -> None:
     """Set the queue bounds of a socket before it binds or connects.
@@ -36,8 +35,6 @@ def configure(
     if kernel_buffer > 0:
         sock.setsockopt(zmq.SNDBUF, kernel_buffer)
         sock.setsockopt(zmq.RCVBUF, kernel_buffer)
-    if immediate:
-        sock.setsockopt(zmq.IMMEDIATE, 1)
     if max_msg_size > 0:
         sock.setsockopt(zmq.MAXMSGSIZE, max_msg_size)
 
