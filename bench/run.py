@@ -87,7 +87,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--client-procs", type=int, default=0, help="client processes (0 = automatic, up to 4)"
     )
-    p.add_argument("--decoders", type=int, default=2, help="gateway decode replicas")
+    p.add_argument(
+        "--decoders", type=int, default=1, help="gateway decode replicas (default 1, as make run)"
+    )
     p.add_argument(
         "--step-seconds", type=float, default=None, help="seconds per --find-max step (default 5)"
     )

@@ -117,7 +117,7 @@ class Gateway(System):
         from tests.support.stack import Stack
 
         env = {"LOG_LEVEL": "info", **dict(self.options.get("gateway_env", {}))}  # type: ignore[call-overload]
-        decoders = self.options.get("decoders", 2)
+        decoders = self.options.get("decoders", 1)
         if self.name == "gateway-copy" and self.options.get("compare_decoders"):
             decoders = self.options["compare_decoders"]
         self.stack = Stack(self.broker, self.workdir, decoders=int(str(decoders)), env=env)  # type: ignore[arg-type]

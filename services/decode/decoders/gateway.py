@@ -14,15 +14,9 @@ default values: a ``conn`` message without ``state`` is ``OFFLINE``, absent coun
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
-
-from chirpstack_api import gw
-from google.protobuf import json_format  # type: ignore[import-untyped]
-from google.protobuf.message import (  # type: ignore[import-untyped]
-    DecodeError as ProtobufError,
-)
-from google.protobuf.message import Message
+from typing import TYPE_CHECKING, Any
 
 from services.decode import fields
 from services.decode.decoders.common import Decoded, Options, event_time
@@ -30,14 +24,24 @@ from services.decode.errors import DecodeError, schema, type_name
 from services.decode.limits import check_size, json_safe, parse_json
 from shared.routing import gateway_key
 
+if TYPE_CHECKING:
+    from google.protobuf.message import Message  # type: ignore[import-untyped]
+
 Handler = Callable[[dict[str, Any], dict[str, Any], Options, int], None]
 
-PROTOBUF: dict[str, type[Message]] = {
-    "stats": gw.GatewayStats,
-    "up": gw.UplinkFrame,
-    "ack": gw.DownlinkTxAck,
-    "conn": gw.ConnState,
-}
+
+@functools.cache
+def protobuf_types() -> dict[str, type[Message]]:
+    """The Protobuf message per gateway event. Imported on first use: protobuf and
+    chirpstack_api cost each worker ~6 MB, and most deployments only see device events."""
+    from chirpstack_api import gw
+
+    return {
+        "stats": gw.GatewayStats,
+        "up": gw.UplinkFrame,
+        "ack": gw.DownlinkTxAck,
+        "conn": gw.ConnState,
+    }
 
 
 def parse_topic(topic: str) -> tuple[str, str, str] | None:
@@ -80,7 +84,10 @@ def _load(event: str, payload: bytes, opts: Options) -> dict[str, Any]:
     check_size(payload, opts.limits)
     if not payload:
         raise DecodeError("json", "empty payload (0 bytes)")
-    message = PROTOBUF[event]()
+    from google.protobuf import json_format  # type: ignore[import-untyped]
+    from google.protobuf.message import DecodeError as ProtobufError
+
+    message = protobuf_types()[event]()
     try:
         message.ParseFromString(payload)
     except (ProtobufError, RuntimeError, ValueError):
