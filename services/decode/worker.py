@@ -190,6 +190,7 @@ class Worker:
         self.metrics = metrics
         self.max_frame = max_frame
         self.credit = credit
+        self.grant_lump = max(1, credit // 2)
         self.clock = clock
         self.handled = 0
         self.subscribers = 0  # SUBSCRIBE messages seen on the XPUB
@@ -271,27 +272,33 @@ class Worker:
                 self._watch(ready)
                 if self.pub in ready:
                     self.read_subscriptions()
+                busy = False
                 if self.pending:
                     self.flush()
                 else:
                     for link in self.links:
                         if link.sock in ready:
-                            self.batch(link)
+                            busy = self.batch(link) > 0 or busy
                             if self.pending:
                                 break
                 if not self.pending:
-                    self.grant()
+                    # While frames flow, credit goes back in lumps of half the window
+                    # (ingest always keeps the other half, so it never waits on us): a
+                    # grant per frame would wake both sides' ZeroMQ I/O threads per frame.
+                    # A quiet link gets everything back.
+                    self.grant(self.grant_lump if busy else 1)
             self.drain()
         finally:
             for link in self.links:
                 if link.watch is not None:
                     link.watch.close()
 
-    def grant(self) -> None:
-        """Give each link back the credit of the frames handed on since the last grant."""
+    def grant(self, at_least: int = 1) -> None:
+        """Give each link back the credit of the frames handed on since the last grant,
+        once it is ``at_least`` frames."""
         for link in self.links:
             if (
-                link.owed
+                link.owed >= at_least
                 and not link.stopping
                 and link.send_control(rawlink.credit_message(link.owed))
             ):

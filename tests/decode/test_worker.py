@@ -317,6 +317,34 @@ def test_signal_drains_and_exits_0(
     assert "draining" in log and "🛑 Stopped" in log
 
 
+def test_credit_comes_back_in_lumps_while_frames_flow_and_in_full_when_quiet(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    """A credit message per frame would wake both sides' ZeroMQ threads once more per
+    frame; credit must still never run out for good, and a quiet link gets all of it back."""
+    proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_CREDIT="20")
+    router = peers.router
+
+    def outstanding() -> int:
+        router.pump()
+        return sum(router.credit.values())
+
+    wait_for(lambda: outstanding() == 20, 10, "the probes' credit back")
+    grants_before = router.grants
+    for seq in range(1, 301):
+        peers.send(UP, good(seq), seq)  # each send waits for credit: never more than 20 out
+    seqs = []
+    for _ in range(300):
+        event = peers.recv()
+        assert event is not None
+        seqs.append(event.body["seq"])
+    assert seqs == list(range(1, 301))
+    wait_for(lambda: outstanding() == 20, 10, "all credit back once the link is quiet")
+    grants = router.grants - grants_before
+    assert 0 < grants <= 300 // 5, f"{grants} credit messages for 300 frames"
+    assert proc.stop() == 0
+
+
 def test_help() -> None:
     result = run_cli("decode", ["--help"])
     assert result.returncode == 0

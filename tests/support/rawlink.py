@@ -78,6 +78,7 @@ class CreditRouter:
         self.sock.bind(endpoint)
         self.credit: dict[bytes, int] = {}
         self.stops = 0
+        self.grants = 0  # credit messages received
 
     @property
     def endpoint(self) -> str:
@@ -96,6 +97,7 @@ class CreditRouter:
             assert msg is not None, parts
             kind, n = msg
             if kind == rawlink.CREDIT:
+                self.grants += 1
                 self.credit[peer] = self.credit.get(peer, 0) + n
             else:
                 self.stops += 1
