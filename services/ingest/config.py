@@ -148,6 +148,13 @@ SETTINGS = (
         "skip the broker host name check (the chain is still verified); unsafe",
     ),
     Setting(
+        "MQTT_FAST_RECEIVE",
+        "true",
+        cfg.boolean,
+        "read MQTT through ingest's faster paho receive path (paho-mqtt 2.1-2.2 only; "
+        "other versions use stock paho); false = always stock paho",
+    ),
+    Setting(
         "MQTT_DRAIN_TIMEOUT",
         "5",
         cfg.number(0),
@@ -204,6 +211,7 @@ class Config:
     mqtt_tls_cert: str | None
     mqtt_tls_key: str | None
     mqtt_tls_insecure: bool
+    mqtt_fast_receive: bool
     mqtt_drain_timeout: float
     zmq_raw_bind: str
     zmq_raw_sndhwm: int

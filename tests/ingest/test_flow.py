@@ -7,7 +7,10 @@ import socket
 import time
 from collections.abc import Callable
 
+import pytest
+
 from services.ingest.config import load
+from services.ingest.fast_paho import FastClient
 from services.ingest.forwarder import Inbound
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
@@ -21,15 +24,19 @@ from tests.support.timing import wait_for
 BINARY = bytes(range(256))
 
 
+@pytest.mark.parametrize("fast", ["true", "false"], ids=["fast-paho", "stock-paho"])
 def test_messages_arrive_as_raw_frames_untouched(
-    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+    fast: str,
+    broker: Broker,
+    start_ingest: StartIngest,
+    collect: Callable[..., FrameCollector],
 ) -> None:
     pub = Publisher(broker.host, broker.port)
     # retained before ingest subscribes: delivered with retain=True
     pub.publish(
         "eu868/gateway/0016c001f153a14c/state/conn", b'{"state":"ONLINE"}', retain=True
     ).wait_for_publish(10)
-    ingest = start_ingest()
+    ingest = start_ingest(MQTT_FAST_RECEIVE=fast)
     frames_out = collect()
     wait_for(lambda: len(frames_out.frames) >= 1, 20, "the retained message")
 
@@ -123,6 +130,7 @@ def test_mqtt_socket_has_nagle_off(broker: Broker) -> None:
     link.start()
     try:
         wait_for(lambda: link.ready()[0], 20, "connected and subscribed")
+        assert isinstance(link._client, FastClient)  # noqa: SLF001 (the default client)
         sock = link._client.socket()  # noqa: SLF001 (the point of the test)
         assert sock is not None
         assert isinstance(sock, socket.socket)

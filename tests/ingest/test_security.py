@@ -14,6 +14,7 @@ from tests.ingest.helpers import FrameCollector, Pki, make_pki, numbered
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_port
+from tests.support.timing import wait_for
 
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
 
@@ -57,8 +58,13 @@ def test_tls_with_the_right_ca_connects_and_delivers(
     frames_out = collect()
     pub = Publisher(tls_broker.host, plain_port)
     pub.publish_all(numbered(20))
-    pub.close()
     frames_out.wait_numbers(range(20))
+    # Larger than a TLS record (16 KiB) and than one read (64 KiB): many reads, one message.
+    big = bytes(range(256)) * 800
+    pub.publish_all([("application/app-1/device/big/event/up", big)])
+    pub.close()
+    wait_for(lambda: len(frames_out.frames) >= 21, 20, "the large message")
+    assert frames_out.frames[20].payload == big
     assert ingest.stop() == 0
 
 

@@ -1,0 +1,167 @@
+"""A cheaper receive path for paho-mqtt 2.1-2.2: what ingest's MQTT link runs on.
+
+Why (bench/FINDINGS.md, "Where the gateway's time goes"): about 75 % of ingest's CPU per
+message was paho's network thread, mostly in two places that do work ingest never needs:
+
+1. Every MQTT v5 PUBLISH gets a fresh ``Properties`` object. Its ``__init__`` builds two
+   27-entry tables and its ``unpack()`` calls ``clear()``, which runs ``str.replace`` and
+   ``hasattr`` 27 times: ~40 µs per message, even when the packet carries no properties
+   at all (ChirpStack's events carry none). :class:`FastProperties` shares the tables
+   between instances and returns at once when the properties length is 0; when properties
+   are present it runs paho's own decoder, so they decode exactly as stock paho does.
+2. paho does a ``select()`` and then a ``recv()`` for the command byte, one per
+   remaining-length byte and one for the body: ~5 system calls per packet.
+   :class:`FastClient` reads up to 64 KiB per ``recv()`` and serves paho's small reads
+   from that, and handles every packet already read before paho's loop goes back to
+   ``select()`` (which sees the kernel's buffer, not ours).
+
+Both lean on paho internals (``_sock_recv``, ``_sock_close``, where ``decode_publish``
+finds ``Properties``), so :func:`client_class` uses them only on paho versions they were
+tested with (:data:`TESTED`) and otherwise returns the stock client, saying so once.
+The Properties class is swapped process-wide (paho offers no per-client hook for it): it
+is a subclass that decodes the same values, so other paho clients in the process, if any,
+see no difference except speed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from types import ModuleType
+from typing import Any
+
+import paho.mqtt
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+logger = logging.getLogger(__name__)
+
+TESTED = ((2, 1), (2, 2))  # paho-mqtt major.minor versions this module was tested with
+READ_SIZE = 64 * 1024  # one recv() takes whatever the kernel holds, up to this
+# recv() calls per loop(): then paho's loop writes our PUBACKs, keeps the connection alive
+# and lets MqttLink look at its stop flag, even while the broker never stops sending.
+READS_PER_LOOP = 4
+
+
+class FastProperties(Properties):
+    """paho's ``Properties`` without the per-instance tables, and with an early return
+    for the empty property list every PUBLISH without properties carries."""
+
+    # Identical for every instance and never modified by paho: one shared copy.
+    _tables = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    types = _tables.types
+    names = _tables.names
+    properties = _tables.properties
+    del _tables
+
+    def __init__(self, packetType: int) -> None:  # paho's parameter name
+        object.__setattr__(self, "packetType", packetType)
+
+    def clear(self) -> None:
+        # Besides packetType, an instance's attributes are exactly its property values
+        # (paho stores each one under its name without spaces): no need to try all 27.
+        for name in [n for n in vars(self) if n != "packetType"]:
+            object.__delattr__(self, name)
+
+    def unpack(self, buffer: bytes | bytearray) -> tuple[FastProperties, int]:
+        if buffer[:1] == b"\x00":  # properties length 0 (a one-byte variable integer)
+            self.clear()
+            return self, 1
+        result: tuple[FastProperties, int] = super().unpack(buffer)  # type: ignore[no-untyped-call]
+        return result
+
+
+class FastClient(mqtt.Client):
+    """``mqtt.Client`` reading the socket in large chunks. Works over plain TCP and TLS
+    (an ``SSLSocket.recv`` returns at most one TLS record, whatever we ask for; the rest
+    stays with the kernel or in OpenSSL, where paho's ``select()``/``pending()`` see it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = b""  # bytes read from the socket and not yet handed to paho
+        self._rpos = 0  # how much of _rbuf paho has taken
+        self._reads_left = READS_PER_LOOP
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        buf = self._rbuf
+        if buf:
+            pos = self._rpos
+            end = pos + bufsize
+            if end >= len(buf):
+                self._rbuf = b""
+                return buf[pos:] if pos else buf
+            self._rpos = end
+            return buf[pos:end]
+        if self._reads_left <= 0:
+            # As if the socket had nothing more: paho keeps the partial packet and returns
+            # to its loop; select() sees the bytes still in the kernel (or OpenSSL's pending()).
+            raise BlockingIOError
+        self._reads_left -= 1
+        if bufsize >= READ_SIZE:  # the rest of a large packet: no point copying it twice
+            data: bytes = super()._sock_recv(bufsize)
+            return data
+        # paho's own error handling (SSLWantRead -> BlockingIOError etc.) still applies.
+        data = super()._sock_recv(READ_SIZE)
+        if len(data) > bufsize:
+            self._rbuf = data
+            self._rpos = bufsize
+            return data[:bufsize]
+        return data
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        # paho handles one packet per select(). Packets we already read sit in _rbuf, where
+        # select() cannot see them: handle them all now, so that we return to select()
+        # only with an empty buffer. (paho stops reading a packet when recv() would block,
+        # which happens only once _rbuf is empty, on an error, or after 100 reads.)
+        self._reads_left = READS_PER_LOOP
+        rc: MQTTErrorCode = super().loop_read(max_packets)
+        while self._rbuf and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None:
+            rc = super().loop_read(max_packets)
+        return rc
+
+    def _sock_close(self) -> None:
+        # Bytes of a closed connection must never be read as the next connection's.
+        self._rbuf = b""
+        self._rpos = 0
+        super()._sock_close()
+
+
+def _properties_home() -> ModuleType:
+    """The module whose ``Properties`` global ``decode_publish`` uses: ``_packet`` in paho
+    2.2, ``client`` (``Client._handle_publish``) in 2.1."""
+    try:
+        return importlib.import_module("paho.mqtt._packet")
+    except ImportError:
+        return mqtt
+
+
+def unsupported_reason(version: str) -> str | None:
+    """Why the fast path must not be used with this paho, or None when it may."""
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return f"cannot read the paho-mqtt version {version!r}"
+    if major_minor not in TESTED:
+        tested = ", ".join(f"{a}.{b}.x" for a, b in TESTED)
+        return f"paho-mqtt {version} is not a tested version ({tested})"
+    home = _properties_home()
+    if getattr(home, "Properties", None) not in (Properties, FastProperties):
+        return f"{home.__name__}.Properties is not paho's Properties class"
+    for name in ("_sock_recv", "_sock_close", "loop_read"):
+        if not callable(getattr(mqtt.Client, name, None)):
+            return f"paho-mqtt {version} has no Client.{name}"
+    return None
+
+
+def client_class(version: str = paho.mqtt.__version__) -> type[mqtt.Client]:
+    """:class:`FastClient` (installing :class:`FastProperties`) on a tested paho version,
+    else the stock ``mqtt.Client``."""
+    reason = unsupported_reason(version)
+    if reason is not None:
+        logger.info("ℹ️ Using paho's stock MQTT client: %s", reason)
+        return mqtt.Client
+    _properties_home().Properties = FastProperties  # type: ignore[attr-defined]
+    logger.debug("Using the fast receive path for paho-mqtt %s", version)
+    return FastClient
