@@ -58,7 +58,13 @@ def test_a_decoder_gets_no_more_than_its_credit(
         # ingest runs out of credit and waits (its own log says so after 1 s): by then it
         # has sent exactly the 10 granted.
         ingest.wait_for_log("No decoder is taking frames", timeout=20)
-        assert scrape(port)["gateway_ingest_frames_forwarded_total"] == 10
+        # (the line may predate the dealer on a slow machine, and the counter moves just
+        # after the send: wait for it rather than read it once)
+        wait_for(
+            lambda: scrape(port)["gateway_ingest_frames_forwarded_total"] == 10,
+            10,
+            "10 forwarded",
+        )
         assert dealer.service(0) == []  # nothing beyond the credit is queued
         assert got == list(range(10))
 
