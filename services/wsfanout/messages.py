@@ -90,21 +90,31 @@ def describe(kind: str, body: dict[str, Any], key: str = "") -> Meta:
     )
 
 
+# iso_ms's cache: the formatted second of the last call (events come in time order, so
+# nearly every call falls in the same second as the one before), and the millisecond tails.
+_second: tuple[int, str] = (-(2**63), "")
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+
+
 def iso_ms(ns: Any) -> str:
     """time_ns → ``2023-07-31T12:00:00.012Z``; anything unusable → now."""
-    if type(ns) is not int:
-        ns = time.time_ns()
-    try:
-        secs, rest = divmod(ns, 1_000_000_000)
-        t = time.gmtime(secs)
-        if not 0 < t.tm_year <= 9999:
-            raise ValueError("year out of range")
-    except (OverflowError, OSError, ValueError):
-        return iso_ms(time.time_ns())
-    return (
-        f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
-        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}.{rest // 1_000_000:03d}Z"
-    )
+    global _second
+    stamp: int = ns if type(ns) is int else time.time_ns()
+    secs, rest = divmod(stamp, 1_000_000_000)
+    cached_secs, prefix = _second
+    if secs != cached_secs:
+        try:
+            t = time.gmtime(secs)
+            if not 0 < t.tm_year <= 9999:
+                raise ValueError("year out of range")
+        except (OverflowError, OSError, ValueError):
+            return iso_ms(time.time_ns())
+        prefix = (
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+        )
+        _second = (secs, prefix)
+    return prefix + _MILLIS[rest // 1_000_000]
 
 
 def client_message(body: dict[str, Any], seq: int, epoch: str) -> dict[str, Any]:
