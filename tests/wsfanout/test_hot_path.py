@@ -4,6 +4,7 @@
   gaps, bursts longer than a batch, and frames that arrive while the loop is busy are all
   taken, promptly, and the counters are exact whenever ``/metrics`` could look;
 - ``iso_ms`` caches the formatted second: same text as the plain formula;
+- ``describe`` caches one Meta per device and event kind: same Meta as building it;
 - ``text_frame`` builds the frame header by hand: same bytes as websockets;
 - ``PlainHistogram``: same ``/metrics`` lines as prometheus_client's ``Histogram``;
 - a client that fell behind catches up (queued events written ahead in one go): every
@@ -32,12 +33,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.frames import Frame, Opcode
 
 from services.wsfanout import fanout as fanout_module
+from services.wsfanout import messages
 from services.wsfanout.client import text_frame
 from services.wsfanout.config import load
 from services.wsfanout.fanout import Fanout
-from services.wsfanout.messages import iso_ms
+from services.wsfanout.filters import DEVICE, Meta
+from services.wsfanout.messages import describe, iso_ms
 from services.wsfanout.metrics import Metrics, PlainHistogram
 from services.wsfanout.tokens import TokenStore
+from shared import routing
 from shared.frames import event_parts
 from tests.support.timing import seconds, wait_for
 from tests.wsfanout.helpers import Source, collector, device_event, value_of
@@ -105,6 +109,112 @@ def test_iso_ms_of_unusable_input_is_now(bad):
 def test_text_frame_is_the_frame_websockets_writes(length):
     data = bytes(i % 251 for i in range(length))
     assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+
+
+def plain_describe(body: dict[str, Any], key: str) -> Meta:
+    """A device event's Meta as describe built it before its cache."""
+    info = body.get("device") if isinstance(body.get("device"), dict) else {}
+    text = lambda v: v if isinstance(v, str) else None  # noqa: E731
+    tenant, application, name = (
+        text(info.get("tenant")),
+        text(info.get("application")),
+        text(info.get("name")),
+    )
+    if (tenant is None or application is None or name is None) and key:
+        parts = routing.split(key)
+        if len(parts) >= 4:
+            tenant = tenant if tenant is not None else parts[0]
+            application = application if application is not None else parts[1]
+            name = name if name is not None else parts[2]
+    eui = text(info.get("devEui"))
+    eui = eui.lower() if eui else None
+    ring = (
+        f"eui:{eui}"
+        if eui
+        else "name:" + "/".join(routing.escape(p or "") for p in (tenant, application, name))
+    )
+    obj = body.get("object")
+    return Meta(
+        kind=DEVICE,
+        ring=ring,
+        event=str(body.get("event")),
+        tenant=tenant,
+        application=application,
+        device=name,
+        dev_eui=eui,
+        type=text(obj.get("type")) if isinstance(obj, dict) else None,
+    )
+
+
+# A small universe, so that events often share all fields but one.
+names = st.sampled_from(["a", "a", "a", "B/x", "B/x", "B/x", None, 7])
+devices = st.lists(st.tuples(names, names, names), min_size=1, max_size=3)
+euis = st.sampled_from([None, "", "0101010101010101", "0101010101010101".upper()])
+measurements = st.sampled_from([None, 5, "voltage", "temperature"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    devices,
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=2),
+            st.sampled_from(["up", "join"]),
+            euis,
+            measurements,
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([1, 2, 3, 1000]),
+)
+def test_describe_gives_the_meta_it_built_before_its_cache(devices, events, cache_size):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(messages, "METAS_MAX", cache_size)  # evictions too
+        messages._METAS.clear()
+        for index, event, eui, kind, with_object in events:
+            tenant, application, name = devices[index % len(devices)]
+            body: dict[str, Any] = {
+                "event": event,
+                "device": {"tenant": tenant, "application": application, "name": name},
+            }
+            if eui is not None:
+                body["device"]["devEui"] = eui
+            if with_object:
+                body["object"] = {"type": kind}
+            key = routing.device_key("kt", "ka", "kd", event)
+            for _ in range(2):  # built, then found (or evicted and built again)
+                assert describe(DEVICE, body, key) == plain_describe(body, key)
+            assert len(messages._METAS) <= cache_size
+
+
+def test_describe_tells_apart_events_that_differ_in_one_field_only():
+    base: dict[str, Any] = {
+        "event": "up",
+        "device": {"tenant": "t", "application": "a", "name": "n", "devEui": "0A0B"},
+        "object": {"type": "voltage"},
+    }
+    variants = [base]
+    for path, value in [
+        (("event",), "join"),
+        (("device", "tenant"), "t2"),
+        (("device", "application"), "a2"),
+        (("device", "name"), "n2"),
+        (("device", "devEui"), "0a0c"),
+        (("device", "devEui"), None),
+        (("object", "type"), "temperature"),
+    ]:
+        body = json.loads(json.dumps(base))
+        where = body
+        for step in path[:-1]:
+            where = where[step]
+        where[path[-1]] = value
+        variants.append(body)
+    key = routing.device_key("kt", "ka", "kd", "up")
+    for _ in range(2):
+        for body in variants:
+            assert describe(DEVICE, body, key) == plain_describe(body, key)
 
 
 BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5)
