@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from websockets.asyncio.server import serve
 
 from services.wsfanout import token_cli
@@ -80,7 +79,7 @@ async def serve_until_stopped(config: Config) -> int:
         loop.add_signal_handler(sig, on_signal, sig.name)
     loop.add_signal_handler(signal.SIGHUP, fanout.reload_tokens)
 
-    ctx = zmq.asyncio.Context()
+    ctx = zmq.Context()  # plain: Fanout.receive watches the socket's FD on the loop
     sub = ctx.socket(zmq.SUB)
     try:
         configure(

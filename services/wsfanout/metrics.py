@@ -1,13 +1,20 @@
 """The fan-out's Prometheus metrics, in a registry of its own (served at ``/metrics``).
 
 Hot-path counters are bound to their label values once, so counting costs one method call.
+The per-event ones are not even called per event: the fan-out counts a batch of events in
+plain ints and adds them once per batch (see ``Fanout._flush``); ``/metrics`` is answered on
+the same event loop, between batches, so it never sees a batch half counted.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.utils import floatToGoString
 
 P = "gateway_wsfanout_"
 
@@ -76,7 +83,7 @@ class Metrics:
             P + "buffered_devices", "Devices (and gateways) with replay history", registry=r
         )
         self.seq = Gauge(P + "seq", "Last seq assigned in this epoch", registry=r)
-        self.dispatch_seconds = Histogram(
+        self.dispatch_seconds = PlainHistogram(
             P + "dispatch_seconds",
             "Time to number, buffer and hand one event to every matching client",
             buckets=(1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 0.1, 0.5),
@@ -107,3 +114,42 @@ class Metrics:
                 if sample.name == full
             )
         )
+
+
+class PlainHistogram:
+    """A prometheus ``Histogram`` without labels, counted in plain ints: ``observe`` costs
+    a bisect instead of ~1.3 µs (a lock and a value object per bucket). Only for the event
+    loop's thread; the samples ``/metrics`` shows are the same as the library's (buckets,
+    ``_count``, ``_sum``, ``_created``)."""
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = sorted(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        self.created = time.time()
+        # As the library writes "le" (1e-05, 0.0001, ...).
+        self._labels = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        registry.register(self)
+
+    def observe(self, amount: float) -> None:
+        # The first bucket whose upper bound is >= amount, as Histogram.observe picks it.
+        self.counts[bisect_left(self.bounds, amount)] += 1
+        self.sum += amount
+
+    def describe(self) -> list[Metric]:
+        return [Metric(self.name, self.documentation, "histogram")]
+
+    def collect(self) -> Iterator[Metric]:
+        metric = Metric(self.name, self.documentation, "histogram")
+        total = 0
+        for label, count in zip(self._labels, self.counts, strict=True):
+            total += count
+            metric.add_sample(self.name + "_bucket", {"le": label}, float(total))
+        metric.add_sample(self.name + "_count", {}, float(total))
+        metric.add_sample(self.name + "_sum", {}, self.sum)
+        metric.add_sample(self.name + "_created", {}, self.created)
+        yield metric
