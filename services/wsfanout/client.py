@@ -125,6 +125,7 @@ class Client:
         "index_slot",
         "raw",
         "batched",
+        "held",
         "_allowance",
         "_last",
         "_backlogged",
@@ -162,7 +163,8 @@ class Client:
         # Without extensions (compression=None) a server frame is the same bytes for every
         # client, so the fast path may write one pre-built frame to each transport.
         self.raw = not conn.protocol.extensions
-        self.batched = 0  # bytes handed to the fan-out's current write batch, not written yet
+        self.batched = 0  # bytes of the fast-path frames in ``held``
+        self.held: list[bytes] | None = None  # fast-path frames the fan-out writes soon
         self._allowance = float(limits.burst)
         self._last = time.monotonic()
         self._backlogged = backlogged
@@ -199,9 +201,12 @@ class Client:
             and self.conn.transport.get_write_buffer_size() < WRITE_LIMIT
         )
 
-    def write_frames(self, frames: list[bytes]) -> None:
-        """Write what the fast path batched for this client (one syscall for all of it)."""
+    def write_held(self) -> None:
+        """Write what the fast path held for this client (one syscall for all of it)."""
+        frames, self.held = self.held, None
         self.batched = 0
+        if not frames:
+            return
         transport = self.conn.transport
         if self.conn.protocol.state is State.OPEN and not transport.is_closing():
             transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
@@ -311,6 +316,8 @@ class Client:
         self.pre = None
         self.live = None
         self.live_bytes = 0
+        self.held = None
+        self.batched = 0
         self.behind_since = None
         self._backlogged.discard(self)
 
@@ -327,6 +334,8 @@ class Client:
         conn = self.conn
         try:
             while not self.closing:
+                if self.held:  # written before anything queued after them
+                    self.write_held()
                 pre, live = self.pre, self.live
                 if pre:
                     item = pre[0]

@@ -126,6 +126,13 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds a client may stay behind before it is closed with 1013",
     ),
     Setting(
+        "WEBSOCKET_COALESCE_MS",
+        "2",
+        c.number(0),
+        "an event for 8 or more clients waits up to this long for the next ones, so each "
+        "client gets them in one write (0 = write each at once)",
+    ),
+    Setting(
         "WEBSOCKET_SEND_BUFFER",
         "262144",
         c.integer(0),
@@ -202,6 +209,7 @@ class Config:
     websocket_client_queue_messages: int
     websocket_client_queue_bytes: int
     websocket_slow_client_timeout: float
+    websocket_coalesce_ms: float
     websocket_send_buffer: int
     websocket_max_clients: int
     websocket_max_clients_per_token: int
