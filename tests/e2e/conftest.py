@@ -16,11 +16,11 @@ from tests.support.ws import Collector
 
 @pytest.fixture
 def gateway(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """``gateway(decoders=2, env=None)`` -> a started :class:`Stack`; killed at the end
+    """``gateway(decoders=1, env=None)`` (one decode worker, as make run) -> a started :class:`Stack`; killed at the end
     whatever happened, its logs printed when the test failed (pytest shows stdout then)."""
     stacks: list[Stack] = []
 
-    def make(decoders: int = 2, env: dict[str, str] | None = None) -> Stack:
+    def make(decoders: int = 1, env: dict[str, str] | None = None) -> Stack:
         stack = Stack(broker, tmp_path, decoders=decoders, env=env)
         stacks.append(stack)
         try:

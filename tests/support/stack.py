@@ -19,7 +19,7 @@ READY = {
 
 class Stack:
     def __init__(
-        self, broker: Broker, workdir: Path, decoders: int = 2, env: dict[str, str] | None = None
+        self, broker: Broker, workdir: Path, decoders: int = 1, env: dict[str, str] | None = None
     ) -> None:
         self.broker = broker
         self.workdir = workdir
