@@ -127,7 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "WEBSOCKET_COALESCE_MS",
-        "2",
+        "5",
         c.number(0),
         "an event for 8 or more clients waits up to this long for the next ones, so each "
         "client gets them in one write (0 = write each at once)",
