@@ -98,6 +98,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         ("burst: lost", "burst:loss", False),
         ("burst: peak RSS (MB)", "burst:sut_rss_mb", False),
     ]
+    copy_label = results["settings"].get("compare_label", "modified copy")
+    LABELS["gateway-copy"] = f"gateway ({copy_label})"
     head = "| | " + " | ".join(LABELS[s] for s in systems)
     compare = [
         (g, s)
@@ -107,8 +109,7 @@ def summary(results: dict[str, Any]) -> list[str]:
     ]
     head += (
         "".join(
-            f" | {'gateway' if g == 'gateway' else 'modified copy'} ÷ {LABELS[s]}"
-            for g, s in compare
+            f" | {'gateway' if g == 'gateway' else copy_label} ÷ {LABELS[s]}" for g, s in compare
         )
         + " |"
     )
@@ -364,9 +365,9 @@ def write_report(results: dict[str, Any], target: Path) -> None:
         ),
         *(
             [
-                f"The **modified copy** is the gateway started the same way from `{s['compare_root']}` "
-                f"with {s.get('compare_decoders') or s['decoders']} decode replica(s): this checkout's services "
-                "plus the changes under *Service changes suggested* (FINDINGS), to put before and after in one run.",
+                f"**gateway ({s.get('compare_label', 'modified copy')})** is the gateway started the same "
+                f"way from `{s['compare_root']}` with {s.get('compare_decoders') or s['decoders']} decode "
+                "replica(s), to put before and after in one run.",
                 "",
             ]
             if s.get("compare_root")

@@ -26,7 +26,7 @@ from bench.common import BENCH, OUT, machine_info, raise_fd_limit
 from bench.harness import Options
 from bench.report import write_report
 from bench.scenarios import Scenario, Settings, default_scenarios, run_scenario
-from bench.systems import SYSTEMS
+from bench.systems import LABELS, SYSTEMS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,6 +109,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="also run the gateway from this copy of the project as one more system (before/after)",
     )
     p.add_argument(
+        "--compare-label",
+        default="modified copy",
+        help='what the --compare-root copy is, in the report (e.g. "before")',
+    )
+    p.add_argument(
         "--compare-decoders",
         type=int,
         default=0,
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     burst = args.burst or (10000 if quick else 50000)
     burst_qos = args.qos if args.burst_qos is None else args.burst_qos
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    LABELS["gateway-copy"] = f"gateway ({args.compare_label})"
     if args.compare_root and "gateway-copy" not in systems:
         systems.insert(systems.index("gateway") + 1 if "gateway" in systems else 0, "gateway-copy")
     unknown = [s for s in systems if s not in SYSTEMS and s != "gateway-copy"]
@@ -235,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "gateway_root": settings.system_options["gateway_root"] or "(this checkout)",
             "compare_root": settings.system_options["compare_root"],
             "compare_decoders": args.compare_decoders or args.decoders,
+            "compare_label": args.compare_label,
         },
         "systems": systems,
         "scenarios": [],

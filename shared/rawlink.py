@@ -24,7 +24,8 @@ A decoder grants its initial credit (``ZMQ_RAW_CREDIT``) each time its link conn
 and grants one credit back per frame from that link once the frame's event has been
 handed to the events socket (so a full fan-out link holds back the credit, and with it
 ingest). Grants go back in lumps of half the window while frames flow and in full once
-the link is quiet, so a busy link does not carry one control message per frame. Anything malformed is ignored by the receiver (and counted/logged there).
+the link is quiet, so a busy link does not carry one control message per frame.
+Anything malformed is ignored by the receiver (and counted/logged there).
 """
 
 from __future__ import annotations

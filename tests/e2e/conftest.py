@@ -16,8 +16,9 @@ from tests.support.ws import Collector
 
 @pytest.fixture
 def gateway(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
-    """``gateway(decoders=1, env=None)`` (one decode worker, as make run) -> a started :class:`Stack`; killed at the end
-    whatever happened, its logs printed when the test failed (pytest shows stdout then)."""
+    """``gateway(decoders=1, env=None)`` (one decode worker, as make run) -> a started
+    :class:`Stack`; killed at the end whatever happened, its logs printed when the test
+    failed (pytest shows stdout then)."""
     stacks: list[Stack] = []
 
     def make(decoders: int = 1, env: dict[str, str] | None = None) -> Stack:

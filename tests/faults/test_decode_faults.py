@@ -43,6 +43,7 @@ SMALL_QUEUES = {
     },
 }
 
+
 def loss_bound() -> int:
     """Most frames one decoder can take with it: the credit it granted ingest (the frames
     it holds in hand or in queues are part of it: credit comes back only once handed on)."""

@@ -35,8 +35,9 @@ def publish(broker: Broker, items: list[tuple[str, bytes]]) -> None:
 def collect_until(dealer: CreditDealer, count: int, timeout: float = 20.0) -> list[int]:
     got: list[int] = []
     wait_for(
-        lambda: got.extend(int(unpack_raw(d).payload) for d in dealer.service(50))
-        or len(got) >= count,
+        lambda: (
+            got.extend(int(unpack_raw(d).payload) for d in dealer.service(50)) or len(got) >= count
+        ),
         timeout,
         f"{count} frames",
     )
@@ -100,8 +101,10 @@ def test_stop_is_answered_after_the_last_frame_and_the_rest_goes_elsewhere(
         other = collect()
         stopping.stop()
         wait_for(
-            lambda: mine.extend(int(unpack_raw(d).payload) for d in stopping.service(50))
-            or stopping.stopped,
+            lambda: (
+                mine.extend(int(unpack_raw(d).payload) for d in stopping.service(50))
+                or stopping.stopped
+            ),
             20,
             "stopped",
         )

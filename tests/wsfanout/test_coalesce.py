@@ -119,9 +119,7 @@ def test_many_clients_with_replies_and_a_slow_one_get_every_event_once_in_order(
     feed = open_feed(fanout)
     clients = [collector(fanout.url()) for _ in range(COALESCE_MIN_CLIENTS + 2)]
     slow = RawReader(fanout.port, rcvbuf=4096)
-    wait_for(
-        lambda: fanout.metric("gateway_wsfanout_clients") == len(clients) + 1, 10, "clients"
-    )
+    wait_for(lambda: fanout.metric("gateway_wsfanout_clients") == len(clients) + 1, 10, "clients")
     source = Source(f"src-{uuid.uuid4().hex[:6]}")
     total = 600
     pad = "y" * 300
@@ -132,9 +130,7 @@ def test_many_clients_with_replies_and_a_slow_one_get_every_event_once_in_order(
             for c in clients[:3]:
                 c.send({"op": "ping", "id": i})
     for c in clients:
-        assert [value_of(m) for m in c.wait_events(total, timeout=30)] == list(
-            range(1, total + 1)
-        )
+        assert [value_of(m) for m in c.wait_events(total, timeout=30)] == list(range(1, total + 1))
     assert len([m for m in clients[0].snapshot() if m.get("type") == "pong"]) == total // 150
     slow.reads(total)
     assert [value_of(json.loads(p)) for p in slow.payloads] == list(range(1, total + 1))
