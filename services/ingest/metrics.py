@@ -73,6 +73,12 @@ class Metrics:
             "time spent waiting for a decoder to take frames (backpressure)",
             registry=r,
         )
+        self.read_paused = Counter(
+            "gateway_ingest_read_paused_seconds",
+            "time ingest stopped reading from the broker because decoders were behind "
+            "(QoS 0 has no other flow control: the broker holds the rest)",
+            registry=r,
+        )
         self.queue_depth = Gauge(
             "gateway_ingest_queue_depth",
             "messages received but not yet handed to ZeroMQ",

@@ -55,6 +55,7 @@ STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the back-off
 GOODBYE_TIMEOUT_S = 2.0  # time to flush the last acks and DISCONNECT on shutdown
 FLAPPING_AFTER = 3  # this many short-lived connections in a row suggest a client id clash
 LOST = "connection lost"
+PAUSED_POLL_S = 0.005  # while reading is paused: how often to look at the queue again
 
 
 def set_nodelay(sock: Any) -> None:
@@ -73,7 +74,11 @@ class MqttLink:
         self._v5 = config.mqtt_protocol == "5"
         self._persistent = config.mqtt_session_expiry > 0
         self._backoff = Backoff(config.mqtt_reconnect_min, config.mqtt_reconnect_max)
-        self._qos0_limit = max(100, 2 * config.mqtt_receive_maximum)
+        # Messages waiting for the forwarder at which reading from the broker pauses (and
+        # half of it, at which it resumes). QoS 1 alone never gets there (the Receive
+        # Maximum bounds it); QoS 0 has no flow control of its own, so this is its
+        # backpressure: the broker holds what ingest does not read (max_queued_messages).
+        self._pause_at = max(100, 2 * config.mqtt_receive_maximum)
         self._rate_limited = RateLimitedLog(logger)
 
         self._conn = 0  # +1 per connection attempt; tags messages so acks go to the right one
@@ -214,9 +219,28 @@ class MqttLink:
                 self._m.connect_failures.labels("timeout").inc()
                 self._say_goodbye()
                 break
+            if self._inbox.qsize() >= self._pause_at and not self._hold_reading():
+                break
             if self._client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         self._mark_down()
+
+    def _hold_reading(self) -> bool:
+        """Read nothing until the forwarder has worked the queue down to half, but keep
+        writing (acks, keepalive pings). False when the connection ended meanwhile."""
+        client = self._client
+        resume_at = self._pause_at // 2
+        last = time.monotonic()
+        while self._inbox.qsize() > resume_at and not self._closing.is_set():
+            if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            self._closing.wait(PAUSED_POLL_S)
+            now = time.monotonic()
+            self._m.read_paused.inc(now - last)  # as it goes: /metrics shows a long pause
+            last = now
+        return client.socket() is not None
 
     def _say_goodbye(self) -> None:
         """DISCONNECT after whatever acks are queued (paho writes packets in order)."""
@@ -402,16 +426,6 @@ class MqttLink:
             if qos == 0:
                 self._m.qos0.inc()
                 self._warn_qos0_once(msg)
-                if self._inbox.qsize() >= self._qos0_limit:
-                    # QoS 0 has no flow control: bound the memory it can take. QoS 1 is
-                    # bounded by the Receive Maximum and never dropped.
-                    self._m.dropped.labels("qos0_overflow").inc()
-                    self._rate_limited.warning(
-                        "qos0_overflow",
-                        "⚠️ Dropped a QoS 0 message: %d messages waiting for decoders",
-                        self._inbox.qsize(),
-                    )
-                    return
             if msg.dup:
                 self._m.redelivered.inc()
             self._inbox.put(

@@ -15,7 +15,7 @@ from services.ingest.forwarder import Inbound
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from tests.ingest.conftest import StartIngest, count_lines
-from tests.ingest.helpers import FrameCollector, healthz, numbered, scrape
+from tests.ingest.helpers import FrameCollector, healthz, numbered, numbers, scrape
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_port
@@ -84,6 +84,32 @@ def test_qos0_is_forwarded_and_warned_about_once(
     pub.close()
     assert all(f.qos == 0 for f in frames)
     assert count_lines(ingest, r"QoS 0 .*qos=1") == 1  # one warning, telling users the fix
+    assert ingest.stop() == 0
+
+
+@pytest.mark.parametrize("fast", ["true", "false"], ids=["fast-paho", "stock-paho"])
+def test_a_qos0_burst_faster_than_the_decoders_pauses_reading_and_loses_nothing(
+    fast: str, broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    # No decoder at first: the queue fills to its bound (2 x Receive Maximum = 100), then
+    # ingest stops reading and the broker holds the rest; nothing is dropped on the way.
+    port = free_port()
+    ingest = start_ingest(MQTT_RECEIVE_MAXIMUM="50", METRICS_PORT=str(port), MQTT_FAST_RECEIVE=fast)
+    total = 2000
+    pad = b" " * 1000  # ~ChirpStack-sized: one read takes tens of messages, not thousands
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all([(topic, n + pad) for topic, n in numbered(total)], qos=0)
+    pub.close()
+    wait_for(lambda: scrape(port)["gateway_ingest_queue_depth"] >= 100, 10, "the queue to fill")
+    wait_for(lambda: scrape(port)["gateway_ingest_read_paused_seconds_total"] > 0, 10, "a pause")
+    m = scrape(port)
+    assert m["gateway_mqtt_messages_received_total"] < total  # the rest waits at the broker
+    frames_out = collect()
+    got = numbers(frames_out.wait_numbers(range(total)))
+    assert got == list(range(total))  # every one, once, in order
+    m = scrape(port)
+    assert m["gateway_mqtt_messages_received_total"] == total
+    assert not any(k.startswith("gateway_ingest_dropped_total") and v for k, v in m.items())
     assert ingest.stop() == 0
 
 
