@@ -157,9 +157,8 @@ class Fanout:
         ``zmq.Again`` (which re-arms it); a batch cut short by its bounds is continued by
         a callback scheduled at once, after the other tasks had their turn."""
         loop = asyncio.get_running_loop()
-        plain: zmq.Socket[bytes] = zmq.Socket.shadow(sock.underlying)
-        recv = plain.recv_multipart
-        fd = plain.fileno()  # ZMQ_FD
+        recv = sock.recv_multipart
+        fd = sock.fileno()  # ZMQ_FD
         failed: asyncio.Future[None] = loop.create_future()
         more: asyncio.Handle | None = None
 
@@ -190,8 +189,7 @@ class Fanout:
     def drain(self, sock: zmq.Socket[bytes], limit: int = 100_000) -> int:
         """Handle every frame already received (at shutdown, before the socket closes:
         frames the I/O thread has taken from the decoders' queues would be lost otherwise)."""
-        recv = zmq.Socket.shadow(sock.underlying).recv_multipart
-        return self._take(recv, limit, float("inf"), coalesce=False)[0]
+        return self._take(sock.recv_multipart, limit, float("inf"), coalesce=False)[0]
 
     def _take(
         self,
@@ -280,7 +278,7 @@ class Fanout:
 
     def _accept(self, parts: list[bytes]) -> None:
         """One event frame of the current batch. Counts in ``_accepted``/``_sent_live`` and
-        writes to clients in ``_batch``: :meth:`_flush` settles both."""
+        frames for clients in ``Client.held``: :meth:`_flush` settles both."""
         t0 = time.perf_counter()
         m = self.metrics
         try:
