@@ -9,6 +9,9 @@ Event (decode -> wsfanout, two ZeroMQ parts)::
 
     [routing key (UTF-8), msgpack map with "v": 1 and the decoded record]
 
+A fan-out that stops asks each decoder for a goodbye marker before it closes its socket
+(:data:`LEAVING`): see services/decode/worker.py and services/wsfanout/handoff.py.
+
 Everything received is untrusted: the unpackers raise :class:`FrameError` with a short
 ``reason`` (a metrics label) and the caller counts and drops the frame.
 """
@@ -22,6 +25,17 @@ import msgpack
 
 RAW_VERSION = 1
 EVENT_VERSION = 1
+
+# The fan-out subscribes to this topic when it stops. A decoder answers with one marker
+# frame ``[LEAVING, its name]`` behind everything it sent, and holds what follows until a
+# fan-out subscribes afresh: so the fan-out can close its socket with nothing in flight.
+# No routing key can start with it (0xFF never occurs in UTF-8).
+LEAVING = b"\xffleaving"
+
+
+def leaving_marker(name: str) -> list[bytes]:
+    return [LEAVING, name.encode("utf-8")]
+
 
 # Keys the fan-out strips before a body reaches a WebSocket client: they are the
 # gateway's own bookkeeping (DESIGN: "src, seq and the internal timestamps stay inside").

@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from shared import log
+from shared.stopwait import sleep_unless_stopped
 from simulators import payloads
 
 logger = logging.getLogger("simulator")
@@ -327,8 +328,8 @@ class Pacer:
         """Sleep until message ``index`` is due; False if asked to stop meanwhile."""
         if self.interval:
             delay = self.start + index * self.interval - self.clock()
-            if delay > 0:
-                return not self.stop.wait(delay)
+            if delay > 0:  # never stop.wait(): its signal handler sets it (shared/stopwait.py)
+                return not sleep_unless_stopped(self.stop, delay)
         return not self.stop.is_set()
 
 

@@ -22,13 +22,18 @@ choices keep the events link from losing what ingest already acknowledged to the
   the worker reads no raw frame before the first subscription (XPUB reports it);
 - at SNDHWM a PUB drops; with ZMQ_XPUB_NODROP the send fails instead, and the worker
   holds the batch and stops reading until the fan-out takes events again, so the pressure
-  reaches ingest and the broker instead of turning into loss.
+  reaches ingest and the broker instead of turning into loss;
+- a fan-out that stops subscribes to ``LEAVING`` first: the worker answers with a marker
+  behind everything it sent and holds what follows until a fan-out subscribes afresh
+  (at most ``LEAVING_HOLD_SECONDS``). Events already on the wire when the fan-out closed
+  its socket would be lost otherwise: a PUB has no acknowledgements.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -40,7 +45,7 @@ from zmq.utils.monitor import recv_monitor_message
 from services.decode.dispatch import Decoder, error_event
 from services.decode.metrics import Metrics
 from shared import rawlink, zmq_util
-from shared.frames import Event, FrameError, event_parts, unpack_raw
+from shared.frames import LEAVING, Event, FrameError, event_parts, leaving_marker, unpack_raw
 from shared.log import RateLimitedLog
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,12 @@ BATCH = 64
 DRAIN_SECONDS = 5.0  # longest wait for every ingest's ``stopped`` after a stop request
 RELINK_AFTER = 1.0  # seconds of silence after a disconnect before reconnecting by hand
 HELD_RETRY_MS = 10  # how often held events are offered to a full fan-out link again
+# How long events are held for a fan-out that said it is leaving, at most: it closes its
+# socket within its hand-off bound (2 s) and its successor normally subscribes within a
+# second; after this, events go to ZeroMQ's queue for the successor as before.
+LEAVING_HOLD_SECONDS = 10.0
+SUBSCRIBE_ALL = b"\x01"  # a SUBSCRIBE to every topic: what a (new) fan-out sends
+SUBSCRIBE_LEAVING = b"\x01" + LEAVING
 
 
 def recover_ids(data: bytes) -> tuple[str, int, int, str] | None:
@@ -197,6 +208,9 @@ class Worker:
         self.pending: list[list[bytes]] = []  # events the XPUB could not take yet
         self._warn = RateLimitedLog(logger)
         self._held_since: float | None = None
+        self.name = secrets.token_hex(4)  # tells this worker's leaving marker from others'
+        self.leaving_since: float | None = None  # a fan-out said it is leaving: hold events
+        self.marker_owed = False  # ... and owes it the marker (the XPUB queue was full)
 
     def wait_for_subscriber(self, stop: threading.Event) -> bool:
         """Block until a fan-out has subscribed (False if stopped first): events published
@@ -218,8 +232,50 @@ class Worker:
                 message = self.pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if message[:1] == b"\x01":
+            if message == SUBSCRIBE_LEAVING:
+                self._fanout_leaving()
+            elif message[:1] == b"\x01":
                 self.subscribers += 1
+                if message == SUBSCRIBE_ALL and self.leaving_since is not None:
+                    self._release(f"a fan-out subscribed after {self._held_for():.1f} s")
+
+    def _fanout_leaving(self) -> None:
+        if self.leaving_since is None:
+            logger.info(
+                "🤝 The fan-out is stopping: holding events for the next one (at most %g s)",
+                LEAVING_HOLD_SECONDS,
+            )
+        self.leaving_since = time.monotonic()
+        self.marker_owed = True
+        self._send_marker()
+
+    def _send_marker(self) -> None:
+        try:
+            self.pub.send_multipart(leaving_marker(self.name), zmq.NOBLOCK)
+        except zmq.Again:  # its queue is full: it is still draining it, try again soon
+            return
+        self.marker_owed = False
+
+    def _held_for(self) -> float:
+        return 0.0 if self.leaving_since is None else time.monotonic() - self.leaving_since
+
+    def _release(self, why: str) -> None:
+        logger.info("▶️ Sending events again (%d held): %s", len(self.pending), why)
+        self.leaving_since = None
+        self.marker_owed = False
+
+    def _holding(self) -> bool:
+        """True while events are held for a leaving fan-out (owed markers go out here)."""
+        if self.leaving_since is None:
+            return False
+        if self.marker_owed:
+            self._send_marker()
+        if self._held_for() >= LEAVING_HOLD_SECONDS:
+            self._release(
+                f"no fan-out subscribed within {LEAVING_HOLD_SECONDS:g} s; ZeroMQ queues them"
+            )
+            return False
+        return True
 
     def connect(self) -> None:
         """Connect every link, watching it first so no connect event is missed: each
@@ -268,12 +324,13 @@ class Worker:
                 # While events are held, poll briefly and take no new frames (and grant no
                 # credit): ingest runs out of credit for us, waits and stops acknowledging,
                 # the broker keeps the rest.
-                ready = dict(poller.poll(HELD_RETRY_MS if self.pending else POLL_MS))
+                held = self.pending or self.marker_owed
+                ready = dict(poller.poll(HELD_RETRY_MS if held else POLL_MS))
                 self._watch(ready)
                 if self.pub in ready:
                     self.read_subscriptions()
                 busy = False
-                if self.pending:
+                if self.pending or self.marker_owed:
                     self.flush()
                 else:
                     for link in self.links:
@@ -331,6 +388,8 @@ class Worker:
 
     def flush(self) -> bool:
         """Send the held events in order; True when none is left."""
+        if self._holding():
+            return not self.pending
         send = self.pub.send_multipart
         sent = 0
         try:
@@ -374,6 +433,7 @@ class Worker:
             if time.monotonic() >= deadline:
                 break
             if self.pending:
+                self.read_subscriptions()  # a successor's SUBSCRIBE ends a hand-off hold
                 if not self.flush():
                     time.sleep(HELD_RETRY_MS / 1000)
                 continue
@@ -388,7 +448,10 @@ class Worker:
         for link in self.links:
             while not self.pending and time.monotonic() < deadline and self.batch(link):
                 pass
-        while self.pending and time.monotonic() < deadline and not self.flush():
+        while self.pending and time.monotonic() < deadline:
+            self.read_subscriptions()
+            if self.flush():
+                break
             time.sleep(HELD_RETRY_MS / 1000)
         if waiting:
             logger.warning(

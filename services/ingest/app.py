@@ -24,6 +24,7 @@ from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from shared import service, zmq_util
 from shared.http_status import StatusServer
+from shared.stopwait import sleep_unless_stopped
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def run(config: Config) -> int:
     forwarder.start()
     link.start()
     exit_code = 0
-    while not stop.wait(0.5):
+    while not sleep_unless_stopped(stop, 0.5):  # never stop.wait(): see shared/stopwait.py
         if not (forwarder.alive and link.alive):  # cannot happen unless there is a bug
             logger.error("❌ A worker thread died; stopping")
             exit_code = 1

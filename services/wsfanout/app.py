@@ -1,7 +1,8 @@
 """``python -m services.wsfanout``: wiring, signals and shutdown.
 
-SIGTERM/SIGINT: handle the events already received and close the SUB socket (so the
-decoders queue what follows for the next process), stop accepting, close clients with 1001
+SIGTERM/SIGINT: hand off the events link (every decoder answers with a marker behind what
+it sent and holds what follows for the next process: handoff.py), close the SUB socket,
+stop accepting, close clients with 1001
 (going away) within ``WEBSOCKET_SHUTDOWN_TIMEOUT`` (then drop the rest), save the replay
 buffer, exit 0. A second signal cuts the waiting short.
 SIGHUP: reload the tokens file and close connections whose token was revoked (1008).
@@ -26,6 +27,7 @@ from services.wsfanout.client import WRITE_LIMIT
 from services.wsfanout.config import SECRET_FIELDS, Config, load
 from services.wsfanout.fanout import Fanout
 from services.wsfanout.gate import Gate, select_subprotocol
+from services.wsfanout.handoff import HANDOFF_SECONDS, Peers
 from services.wsfanout.metrics import Metrics
 from shared import service
 from shared.zmq_util import LINGER_MS, bind, configure
@@ -81,6 +83,7 @@ async def serve_until_stopped(config: Config) -> int:
 
     ctx = zmq.Context()  # plain: Fanout.receive watches the socket's FD on the loop
     sub = ctx.socket(zmq.SUB)
+    peers: Peers | None = None
     try:
         configure(
             sub,
@@ -90,6 +93,8 @@ async def serve_until_stopped(config: Config) -> int:
         )
         # Everything: per-source gap accounting needs every frame (zguide "Suicidal Snail").
         sub.setsockopt(zmq.SUBSCRIBE, b"")
+        peers = Peers(sub)  # watching before bind: no connection goes uncounted
+        peers.watch(loop)
         bind(sub, config.zmq_events_bind, "Events SUB")
         server = await serve(
             fanout.handle,
@@ -125,12 +130,27 @@ async def serve_until_stopped(config: Config) -> int:
         receiver.cancel()
         sweeper.cancel()
         await asyncio.gather(receiver, sweeper, return_exceptions=True)
-        # Take what already arrived, then close the SUB at once: from then on the decoders'
-        # PUB sockets (connecting side, ZMQ_IMMEDIATE=0) queue events for our successor
-        # instead of handing them to a socket that is about to be thrown away.
-        drained = fanout.drain(sub)
+        # Take what arrives until every decoder has sent its leaving marker (nothing of
+        # theirs is in flight then), and close the SUB at once: the decoders hold what
+        # follows, then their PUB sockets (connecting side, ZMQ_IMMEDIATE=0) queue it for
+        # our successor instead of handing it to a socket that is about to be thrown away.
+        drained = await fanout.hand_off(sub, peers.update, HANDOFF_SECONDS)
+        answered, expected = len(fanout.goodbyes), peers.update()
+        peers.close(loop)
         sub.close(linger=0)
-        logger.info("🔌 Events SUB closed (%d events taken at stop)", drained)
+        logger.info(
+            "🔌 Events SUB closed (%d events taken at stop; %d of %d decoders handed off)",
+            drained,
+            answered,
+            expected,
+        )
+        if answered < expected:
+            logger.warning(
+                "⚠️ %d decoders did not answer the hand-off within %g s: events they sent "
+                "just now may be lost (the next fan-out counts them in frames_lost)",
+                expected - answered,
+                HANDOFF_SECONDS,
+            )
         server.close()  # stop accepting; close open connections with 1001
         if not await _wait(server.wait_closed(), config.websocket_shutdown_timeout, hurry):
             logger.warning("⚠️ %d clients did not close in time: dropping them", len(fanout.index))
@@ -139,6 +159,8 @@ async def serve_until_stopped(config: Config) -> int:
         if config.websocket_state_file:
             fanout.save_state(config.websocket_state_file)
     finally:
+        if peers is not None:
+            peers.close(loop)  # no-op when closed already
         sub.close(linger=LINGER_MS)  # no-op when closed already
         ctx.term()
     logger.info(

@@ -39,13 +39,14 @@ from services.wsfanout.messages import SerializeError, client_message, describe,
 from services.wsfanout.metrics import Metrics
 from services.wsfanout.seqtrack import Seen, SeqTracker
 from services.wsfanout.tokens import TokenError, TokenRecord, TokenStore
-from shared.frames import FrameError, parse_event
+from shared.frames import LEAVING, FrameError, parse_event
 from shared.log import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 BATCH_MAX = 500  # events handled back to back before other tasks run
 BATCH_SECONDS = 0.01  # ... or this long, whichever comes first
+HANDOFF_POLL_SECONDS = 0.002
 COALESCE_MIN_CLIENTS = 8  # a batch for this many clients waits WEBSOCKET_COALESCE_MS
 SUBSCRIBE_KEYS = frozenset({"op", "filter", "epoch", "seq", "id"})
 MAX_FIRST_SOURCE_LOGS = 100
@@ -132,6 +133,7 @@ class Fanout:
         self._dirty: list[Client] = []
         self._coalesce_timer: asyncio.TimerHandle | None = None
         self._coalesce_s = config.websocket_coalesce_ms / 1000.0
+        self.goodbyes: set[bytes] = set()  # decoders that answered the hand-off at stop
         self._accepted = 0  # counts of the current batch, added to the metrics by _flush()
         self._sent_live = 0
         metrics.watch(metrics.clients, lambda: len(self.index))
@@ -191,6 +193,23 @@ class Fanout:
         frames the I/O thread has taken from the decoders' queues would be lost otherwise)."""
         return self._take(sock.recv_multipart, limit, float("inf"), coalesce=False)[0]
 
+    async def hand_off(
+        self, sock: zmq.Socket[bytes], peers: Callable[[], int], seconds: float
+    ) -> int:
+        """At stop: ask the decoders for their leaving marker and handle every frame until
+        ``peers()`` of them answered or ``seconds`` passed (see handoff.py). The number of
+        event frames handled."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        self.goodbyes.clear()
+        sock.setsockopt(zmq.SUBSCRIBE, LEAVING)
+        taken = 0
+        while True:
+            taken += self.drain(sock)
+            if len(self.goodbyes) >= peers() or loop.time() >= deadline:
+                return taken
+            await asyncio.sleep(HANDOFF_POLL_SECONDS)
+
     def _take(
         self,
         recv: Callable[[int], list[bytes]],
@@ -212,6 +231,9 @@ class Fanout:
                 except zmq.Again:
                     drained = True
                     break
+                if parts[0] == LEAVING:  # a decoder's answer to hand_off: not an event
+                    self.goodbyes.add(parts[-1])
+                    continue
                 n += 1
                 self._accept_logged(parts)
         finally:

@@ -15,7 +15,7 @@ import orjson
 import pytest
 import zmq
 
-from shared.frames import Event, RawFrame, pack_raw, parse_event
+from shared.frames import LEAVING, Event, RawFrame, pack_raw, parse_event
 from tests.decode.helpers import NOW_MS, V4, fixture_bytes, v4_up
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, run_cli
@@ -389,3 +389,52 @@ def test_metrics_port_in_use_is_one_line_and_exit_3(tmp_path: Path) -> None:
         busy.listen()
         result = run_cli("decode", [], env={"METRICS_PORT": str(busy.getsockname()[1])})
     assert result.returncode == 3 and "❌ Cannot start" in result.stderr
+
+
+def test_a_leaving_fanout_gets_a_marker_behind_what_was_sent_and_its_successor_the_rest(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    """A fan-out that stops subscribes to LEAVING and closes its socket once the marker
+    came: so every event sent before the marker must come before it, and what the worker
+    decodes after it must wait for the next fan-out (a socket about to close would lose
+    it), then reach that one in order."""
+    proc = start_decoder(services, tmp_path, peers)
+    for seq in range(1, 21):
+        peers.send(UP, good(seq), seq)
+    peers.sub.subscribe(LEAVING)
+    before: list[int] = []
+    while True:
+        assert peers.sub.poll(int(seconds(10) * 1000)), f"no marker after {before}"
+        parts = peers.sub.recv_multipart()
+        if parts[0] == LEAVING:
+            break
+        before.append(parse_event(parts).body["seq"])
+    for seq in range(21, 41):
+        peers.send(UP, good(seq), seq)
+    wait_for(lambda: "🤝 The fan-out is stopping" in proc.log_text(), 10, "the hold")
+    # Held: nothing more reaches the socket that asked (decode's hold lasts 10 s).
+    assert peers.sub.poll(500) == 0, "an event was sent to a leaving fan-out"
+    endpoint = peers.events_endpoint
+    peers.sub.close(0)
+    peers.sub = peers.ctx.socket(zmq.SUB)  # the successor, on the same endpoint
+    peers.sub.setsockopt(zmq.LINGER, 0)
+    peers.sub.subscribe(b"")
+
+    def bound() -> bool:  # the old socket's listener goes away in ZeroMQ's own time
+        try:
+            peers.sub.bind(endpoint)
+        except zmq.ZMQError:
+            return False
+        return True
+
+    wait_for(bound, 10, "the successor to bind")
+    after: list[int] = []
+    while len(before) + len(after) < 40:
+        event = peers.recv(10.0)  # nudges the new SUB, which then subscribes
+        assert event is not None, f"the held events never came: {before} {after}"
+        after.append(event.body["seq"])
+    assert before + after == list(range(1, 41)), (before, after)
+    assert "▶️ Sending events again" in proc.log_text()
+    proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: peers.router.pump() or peers.router.stops == 1, 10, "the stop request")
+    assert wait_exit(proc) == 0

@@ -91,6 +91,8 @@ def test_f15_fanout_sigterm_and_restart_clients_resume_without_loss_or_repeats(
     )
     assert seen["exit"] == 0, seen["old_log"][-2000:]
     assert "💾 Saved" in seen["old_log"] and seen["state"].exists()
+    # Both decoders answered the hand-off: nothing they sent was in flight at the close.
+    assert "2 of 2 decoders handed off" in seen["old_log"], seen["old_log"][-2000:]
     assert set(seen["close_codes"]) == {1001}, seen["close_codes"]
     for n in notices:
         # One plain resume reply per reconnect, saying how the stream picks up again.

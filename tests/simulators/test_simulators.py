@@ -181,9 +181,14 @@ def test_ctrl_c_stops_a_forever_simulator_with_a_summary(
         subscriber.wait_count(5)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=seconds(15))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, stderr = proc.communicate()
+        raise AssertionError(f"still running 15 s after Ctrl-C:\n{stderr}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     [summary] = [line for line in stderr.splitlines() if "Interrupted after" in line]
