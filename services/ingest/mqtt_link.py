@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -53,6 +55,7 @@ logger = logging.getLogger(__name__)
 LOOP_TIMEOUT_S = 0.2  # how often the loop looks up from select for a stop request
 STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the back-off
 GOODBYE_TIMEOUT_S = 2.0  # time to flush the last acks and DISCONNECT on shutdown
+LINGER_AFTER_DISCONNECT_S = 1.0  # how long to read until the broker closes its side
 FLAPPING_AFTER = 3  # this many short-lived connections in a row suggest a client id clash
 LOST = "connection lost"
 PAUSED_POLL_S = 0.005  # while reading is paused: how often to look at the queue again
@@ -478,6 +481,11 @@ class MqttLink:
             self._m.subscribed.set(0)
             if was_connected:
                 self._m.disconnects.inc()
+            if self._closing.is_set() and not flags.is_disconnect_packet_from_server:
+                # Our DISCONNECT is written; paho closes the socket right after this call.
+                sock = _client.socket()
+                if sock is not None:
+                    read_until_closed(sock, LINGER_AFTER_DISCONNECT_S)
             if self._outcome is not None or self._closing.is_set():
                 return
             if flags.is_disconnect_packet_from_server:
@@ -501,3 +509,23 @@ class MqttLink:
             logger.error("❌ Unexpected error in %s (counted from now on)", name, exc_info=True)
         else:
             self._rate_limited.warning(name, "❌ Unexpected error in %s", name)
+
+
+def read_until_closed(sock: Any, seconds: float) -> None:
+    """After our DISCONNECT: read, and drop, what the broker still sends until it closes
+    its side (at most ``seconds``). Closing a socket with unread data sends a TCP RST, and
+    the broker's kernel then discards what the broker had not read yet: our last PUBACKs
+    and the DISCONNECT itself ("Broken pipe" in its log), so it sent those messages again.
+    What is dropped here was never acknowledged: the broker keeps it for next time."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            readable, _, _ = select.select([sock], [], [], left)
+            if not readable:
+                return
+            if not sock.recv(65536):
+                return  # the broker closed its side: nothing unread is left
+        except ssl.SSLWantReadError:  # TLS: a record is not complete yet
+            continue
+        except OSError:
+            return
