@@ -49,6 +49,12 @@ class Metrics:
             "(the broker redelivers those)",
             registry=r,
         )
+        self.acks_unconfirmed = Counter(
+            "gateway_mqtt_acks_unconfirmed",
+            "acks sent before a decoder confirmed the frame: it stopped, vanished, or held "
+            "it longer than 1 s (a stalled fan-out), or ingest was stopping",
+            registry=r,
+        )
         self.forwarded = Counter(
             "gateway_ingest_frames_forwarded", "raw frames handed to ZeroMQ", registry=r
         )

@@ -8,12 +8,14 @@ import threading
 from collections.abc import Callable
 
 import pytest
+import zmq
 
 from tests.ingest.conftest import SUBSCRIBED, StartIngest, count_lines, wait_for_lines
 from tests.ingest.helpers import FrameCollector, healthz, numbered, numbers, scrape
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_endpoint, free_port
+from tests.support.rawlink import CreditDealer
 from tests.support.timing import seconds, wait_for
 
 
@@ -156,6 +158,39 @@ def test_sigkill_mid_stream_loses_nothing(
     got = numbers(frames_out.wait_numbers(range(total), timeout=60))
     # Only what was handed on but not yet acked comes twice: the inflight window.
     assert_at_most_duplicates(got, BROKER_OVERSHOOT * window)
+
+
+def test_sigkill_while_the_decoder_is_behind_loses_nothing(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    """A decoder that has not read its frames yet (busy, or a burst): they sit in ZeroMQ's
+    queue inside ingest. Acked at that point, a SIGKILL (or the OOM killer) would lose
+    them for good; acked only once the decoder's credit confirms them, the broker still
+    has them and sends them again."""
+    port = free_port()
+    ingest = start_ingest(METRICS_PORT=str(port), ZMQ_RAW_SNDHWM="1000")
+    ctx = zmq.Context()
+    stalled = CreditDealer(ctx, ingest.env["ZMQ_RAW_BIND"], credit=300, rcvhwm=5)
+    try:
+        wait_for(lambda: bool(stalled.service(50) or stalled.connects), 20, "the credit grant")
+        pub = Publisher(broker.host, broker.port)
+        pub.publish_all(numbered(300))
+        pub.close()
+        wait_for(
+            lambda: scrape(port)["gateway_ingest_frames_forwarded_total"] == 300,
+            20,
+            "all 300 frames handed to ZeroMQ",
+        )
+        # Handed on but not confirmed (the decoder has not read them): nothing acked.
+        assert scrape(port)["gateway_mqtt_acks_total"] == 0
+        ingest.kill()
+    finally:
+        stalled.close()  # what reached the stalled decoder dies with it, unhandled
+        ctx.term()
+    frames_out = collect()
+    start_ingest()
+    got = numbers(frames_out.wait_numbers(range(300)))
+    assert sorted(set(got)) == list(range(300))
 
 
 def test_broker_restart_mid_stream_loses_nothing(
