@@ -14,12 +14,13 @@ its credit comes back only after the frame's event was handed on, and the link i
 order, so credit ``n`` from a decoder confirms its ``n`` oldest frames. Acking as soon as
 ZeroMQ took the frame would lose, at a SIGKILL or OOM kill of ingest, what still sat in
 ZeroMQ's queue in this process (up to the credit of every decoder): acknowledged, so the
-broker never sends it again. What a decoder will never confirm is acked anyway, as
+broker never sends it again. What a decoder will not confirm is acked anyway, as
 before, and counted: its frames when it stops (its drain publishes them) or when any
 decoder disconnects (a ROUTER does not say which; a killed one would otherwise hold every
-later ack back), and any frame after ``CONFIRM_TIMEOUT_S`` (a decoder cut off without a
-disconnect). A decoder that is merely slow or held back by the fan-out confirms later:
-meanwhile the broker's inflight window fills, which is the backpressure we want.
+later ack back), and any frame after ``confirm_timeout`` (ZMQ_RAW_CONFIRM_TIMEOUT: acks go
+out in receive order, so a frozen decoder, or one held back by a stalled fan-out, would
+otherwise hold back the acks of every other decoder's frames too). A working decoder
+confirms within milliseconds.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 SEND_POLL_S = 0.1  # how often a send waiting for credit looks up for a stop request
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
-CONFIRM_TIMEOUT_S = 30.0  # an unconfirmed frame is acked after this long all the same
 FINISH_CONFIRM_S = 1.0  # at a clean stop, how long to wait for the last confirmations
 
 
@@ -83,12 +83,14 @@ class Forwarder:
         acker: Acker,
         src: str,
         metrics: Metrics,
+        confirm_timeout: float = 1.0,
     ) -> None:
         self._sock = sock
         self._inbox = inbox
         self._acker = acker
         self._src = src
         self._m = metrics
+        self._confirm_timeout = confirm_timeout
         self._seq = 0
         self._finish = threading.Event()  # stop once the inbox is empty
         self._abort = threading.Event()  # stop now, even in the middle of a blocked send
@@ -227,7 +229,7 @@ class Forwarder:
 
     def _note_disconnects(self) -> None:
         monitor = self._disconnects
-        if not monitor.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if not int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return  # (a failed receive raises: ~10x the cost of this check, per message)
         gone = False
         while True:
@@ -262,7 +264,7 @@ class Forwarder:
         while sent:
             head = sent[0]
             if not head.done:
-                if now - head.at < CONFIRM_TIMEOUT_S:
+                if now - head.at < self._confirm_timeout:
                     break
                 head.done = True
                 self._m.acks_unconfirmed.inc()

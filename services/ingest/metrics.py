@@ -51,8 +51,9 @@ class Metrics:
         )
         self.acks_unconfirmed = Counter(
             "gateway_mqtt_acks_unconfirmed",
-            "acks sent before a decoder confirmed the frame: it stopped, vanished, or held "
-            "it longer than 1 s (a stalled fan-out), or ingest was stopping",
+            "acks sent before a decoder confirmed the frame: it stopped or disconnected, "
+            "ZMQ_RAW_CONFIRM_TIMEOUT passed (a frozen decoder, a stalled fan-out), or "
+            "ingest was stopping",
             registry=r,
         )
         self.forwarded = Counter(

@@ -160,6 +160,31 @@ def test_sigkill_mid_stream_loses_nothing(
     assert_at_most_duplicates(got, BROKER_OVERSHOOT * window)
 
 
+class StalledDecoder:
+    """A decoder that grants ``credit`` once and then never reads: what ingest sends it
+    stays unconfirmed."""
+
+    def __init__(self, endpoint: str, credit: int) -> None:
+        self.ctx = zmq.Context()
+        self.dealer = CreditDealer(self.ctx, endpoint, credit=credit, rcvhwm=5)
+        wait_for(lambda: bool(self.dealer.service(50) or self.dealer.connects), 20, "a grant")
+
+    def close(self) -> None:
+        self.dealer.close()
+        self.ctx.term()
+
+
+def publish_and_wait_forwarded(broker: Broker, port: int, count: int) -> None:
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all(numbered(count))
+    pub.close()
+    wait_for(
+        lambda: scrape(port)["gateway_ingest_frames_forwarded_total"] == count,
+        20,
+        f"{count} frames handed to ZeroMQ",
+    )
+
+
 def test_sigkill_while_the_decoder_is_behind_loses_nothing(
     broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
 ) -> None:
@@ -168,29 +193,60 @@ def test_sigkill_while_the_decoder_is_behind_loses_nothing(
     them for good; acked only once the decoder's credit confirms them, the broker still
     has them and sends them again."""
     port = free_port()
-    ingest = start_ingest(METRICS_PORT=str(port), ZMQ_RAW_SNDHWM="1000")
-    ctx = zmq.Context()
-    stalled = CreditDealer(ctx, ingest.env["ZMQ_RAW_BIND"], credit=300, rcvhwm=5)
+    ingest = start_ingest(
+        METRICS_PORT=str(port), ZMQ_RAW_SNDHWM="1000", ZMQ_RAW_CONFIRM_TIMEOUT="600"
+    )
+    stalled = StalledDecoder(ingest.env["ZMQ_RAW_BIND"], credit=300)
     try:
-        wait_for(lambda: bool(stalled.service(50) or stalled.connects), 20, "the credit grant")
-        pub = Publisher(broker.host, broker.port)
-        pub.publish_all(numbered(300))
-        pub.close()
-        wait_for(
-            lambda: scrape(port)["gateway_ingest_frames_forwarded_total"] == 300,
-            20,
-            "all 300 frames handed to ZeroMQ",
-        )
+        publish_and_wait_forwarded(broker, port, 300)
         # Handed on but not confirmed (the decoder has not read them): nothing acked.
         assert scrape(port)["gateway_mqtt_acks_total"] == 0
         ingest.kill()
     finally:
         stalled.close()  # what reached the stalled decoder dies with it, unhandled
-        ctx.term()
     frames_out = collect()
     start_ingest()
     got = numbers(frames_out.wait_numbers(range(300)))
     assert sorted(set(got)) == list(range(300))
+
+
+def test_a_frozen_decoder_holds_acks_back_only_for_the_confirm_timeout(
+    broker: Broker, start_ingest: StartIngest
+) -> None:
+    """Acks go out in receive order: without the timeout, one frozen decoder would stop
+    the whole stream once the broker's window is full."""
+    port = free_port()
+    ingest = start_ingest(METRICS_PORT=str(port), ZMQ_RAW_CONFIRM_TIMEOUT="0.5")
+    stalled = StalledDecoder(ingest.env["ZMQ_RAW_BIND"], credit=100)
+    try:
+        publish_and_wait_forwarded(broker, port, 100)
+        wait_for(lambda: scrape(port)["gateway_mqtt_acks_total"] == 100, 20, "the acks")
+        assert scrape(port)["gateway_mqtt_acks_unconfirmed_total"] == 100
+    finally:
+        stalled.close()
+
+
+def test_a_disconnected_decoder_releases_its_acks_at_once(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    """A killed decoder never confirms: its disconnect lets the acks go (well before a
+    confirm timeout of ten minutes), so the stream goes on through the others."""
+    port = free_port()
+    ingest = start_ingest(METRICS_PORT=str(port), ZMQ_RAW_CONFIRM_TIMEOUT="600")
+    stalled = StalledDecoder(ingest.env["ZMQ_RAW_BIND"], credit=100)
+    publish_and_wait_forwarded(broker, port, 100)
+    assert scrape(port)["gateway_mqtt_acks_total"] == 0
+    stalled.close()  # like a SIGKILL: the connection drops
+    wait_for(lambda: scrape(port)["gateway_mqtt_acks_total"] == 100, 20, "the acks")
+    assert scrape(port)["gateway_mqtt_acks_unconfirmed_total"] == 100
+    # The stream goes on, confirmed, through a decoder that works.
+    frames_out = collect()
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all(numbered(50, start=100))
+    pub.close()
+    frames_out.wait_numbers(range(100, 150))
+    wait_for(lambda: scrape(port)["gateway_mqtt_acks_total"] == 150, 20, "the new acks")
+    assert scrape(port)["gateway_mqtt_acks_unconfirmed_total"] == 100
 
 
 def test_broker_restart_mid_stream_loses_nothing(
