@@ -58,11 +58,13 @@ class Stream:
 
 # Duplicates after a crash or a broker restart are what the broker had sent but not seen
 # acknowledged: in MQTT terms at most the Receive Maximum. Mosquitto 2.0.11 overshoots its
-# inflight quota (fixed in 2.0.13, eclipse/mosquitto#2306); on this machine we measured up
-# to 1.3x the window after a SIGKILL and up to 7.5x after a broker restart under load, so the
-# bounds below leave that room. Losing nothing is the hard requirement; the fan-out drops
-# these repeats by deduplicationId before any client sees them.
-BROKER_OVERSHOOT = 10
+# inflight quota (fixed in 2.0.13, eclipse/mosquitto#2306), the more the longer acks take:
+# with Receive Maximum 50 and acks sent once the decoder confirmed the frame, ingest held
+# up to 368 unacknowledged messages in a steady stream (126 when it acked at the ZeroMQ
+# hand-off), and a broker restart then repeated up to 753 (15x the window). The bounds
+# below leave that room. Losing nothing is the hard requirement; the fan-out drops these
+# repeats by deduplicationId before any client sees them.
+BROKER_OVERSHOOT = 25
 
 
 def assert_at_most_duplicates(got: list[int], limit: int) -> None:
