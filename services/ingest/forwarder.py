@@ -44,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 SEND_POLL_S = 0.1  # how often a send waiting for credit looks up for a stop request
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
-FINISH_CONFIRM_S = 1.0  # at a clean stop, how long to wait for the last confirmations
 
 
 @dataclass(slots=True)
@@ -132,6 +131,7 @@ class Forwarder:
     def _run(self) -> None:
         try:
             self._loop()
+            self._ack_remaining()
         finally:
             self._sock.disable_monitor()
             self._disconnects.close(linger=0)
@@ -142,7 +142,6 @@ class Forwarder:
                 item = self._inbox.get(timeout=SEND_POLL_S)
             except queue.Empty:
                 if self._finish.is_set():
-                    self._ack_remaining()
                     return
                 self._pump()  # answer a decoder's stop even when no message flows
                 self._ack_ready()
@@ -272,14 +271,10 @@ class Forwarder:
             self._ack(head.item)
 
     def _ack_remaining(self) -> None:
-        """At a clean stop: wait a little for the last confirmations, then ack the rest
-        (ZeroMQ's linger still delivers their frames)."""
-        deadline = time.monotonic() + FINISH_CONFIRM_S
-        while self._sent and not self._sent[-1].done and time.monotonic() < deadline:
-            if self._abort.is_set():
-                return
-            self._sock.poll(10, zmq.POLLIN)
-            self._pump()
+        """At a stop (clean or cut short): ack everything handed on, confirmed or not, as
+        ack-at-hand-off did (ZeroMQ's linger still delivers the frames). Waiting for the
+        confirmations could outlast MQTT_DRAIN_TIMEOUT, and what is not acked before the
+        DISCONNECT comes again from the broker."""
         for sent in self._sent:
             if not sent.done:
                 self._m.acks_unconfirmed.inc()
