@@ -25,6 +25,9 @@ and grants one credit back per frame from that link once the frame's event has b
 handed to the events socket (so a full fan-out link holds back the credit, and with it
 ingest). Grants go back in lumps of half the window while frames flow and in full once
 the link is quiet, so a busy link does not carry one control message per frame.
+Credit that comes back is also ingest's confirmation: the link is in order, so ``n``
+credits from a decoder after its first grant mean its ``n`` oldest frames were handed on,
+and only then are their messages acknowledged to the broker.
 Anything malformed is ignored by the receiver (and counted/logged there).
 """
 

@@ -88,7 +88,9 @@ def run(config: Config) -> int:
             ) from None
         status.start()
 
-    forwarder = Forwarder(router, inbox, link, config.zmq_raw_src, metrics)
+    forwarder = Forwarder(
+        router, inbox, link, config.zmq_raw_src, metrics, config.zmq_raw_confirm_timeout
+    )
     forwarder.start()
     link.start()
     exit_code = 0

@@ -179,6 +179,13 @@ SETTINGS = (
         "kernel send buffer in bytes per decoder connection (0 = OS default)",
     ),
     Setting(
+        "ZMQ_RAW_CONFIRM_TIMEOUT",
+        "1",
+        cfg.number(0.01),
+        "seconds a message waits for its decoder's confirmation before it is acknowledged "
+        "anyway (a frozen decoder must not hold every later ack back)",
+    ),
+    Setting(
         "ZMQ_RAW_SRC",
         "",
         cfg.text,
@@ -216,6 +223,7 @@ class Config:
     zmq_raw_bind: str
     zmq_raw_sndhwm: int
     zmq_raw_sndbuf: int
+    zmq_raw_confirm_timeout: float
     zmq_raw_src: str
     metrics_host: str
     metrics_port: int

@@ -9,8 +9,18 @@ rest. Nothing is dropped. A decoder's ``stop`` is answered with ``stopped`` afte
 frame sent to it, so a decoder that stops loses nothing; a peer that vanished
 (EHOSTUNREACH, ROUTER_MANDATORY) is forgotten and the frame goes to another.
 
-Acks go out in receive order, one per message, only after ZeroMQ has taken the frame, so a
-crash of ingest loses nothing the broker still holds (it redelivers unacked messages).
+Acks go out in receive order, one per message, once the decoder has confirmed the frame:
+its credit comes back only after the frame's event was handed on, and the link is in
+order, so credit ``n`` from a decoder confirms its ``n`` oldest frames. Acking as soon as
+ZeroMQ took the frame would lose, at a SIGKILL or OOM kill of ingest, what still sat in
+ZeroMQ's queue in this process (up to the credit of every decoder): acknowledged, so the
+broker never sends it again. What a decoder will not confirm is acked anyway, as
+before, and counted: its frames when it stops (its drain publishes them) or when any
+decoder disconnects (a ROUTER does not say which; a killed one would otherwise hold every
+later ack back), and any frame after ``confirm_timeout`` (ZMQ_RAW_CONFIRM_TIMEOUT: acks go
+out in receive order, so a frozen decoder, or one held back by a stalled fan-out, would
+otherwise hold back the acks of every other decoder's frames too). A working decoder
+confirms within milliseconds.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -48,6 +59,15 @@ class Inbound:
     conn: int  # which connection delivered it: an ack is only valid on that one
 
 
+@dataclass(slots=True)
+class Sent:
+    """A message whose frame a decoder has, waiting for the decoder's confirmation."""
+
+    item: Inbound
+    at: float  # time.monotonic() when ZeroMQ took the frame
+    done: bool = False  # confirmed: its credit came back
+
+
 class Acker(Protocol):
     def ack(self, mid: int, qos: int, conn: int) -> bool:
         """Acknowledge to the broker; False when the connection ``conn`` is gone."""
@@ -62,12 +82,14 @@ class Forwarder:
         acker: Acker,
         src: str,
         metrics: Metrics,
+        confirm_timeout: float = 1.0,
     ) -> None:
         self._sock = sock
         self._inbox = inbox
         self._acker = acker
         self._src = src
         self._m = metrics
+        self._confirm_timeout = confirm_timeout
         self._seq = 0
         self._finish = threading.Event()  # stop once the inbox is empty
         self._abort = threading.Event()  # stop now, even in the middle of a blocked send
@@ -76,6 +98,9 @@ class Forwarder:
         # round-robin order.
         self._credit: dict[bytes, int] = {}
         self._stopped: set[bytes] = set()  # peers that asked to stop: their credit is void
+        self._sent: deque[Sent] = deque()  # in receive order: acks leave from the left
+        self._awaiting: dict[bytes, deque[Sent]] = {}  # per decoder, oldest first
+        self._disconnects: zmq.Socket[bytes] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
     @property
@@ -104,6 +129,14 @@ class Forwarder:
         return left
 
     def _run(self) -> None:
+        try:
+            self._loop()
+            self._ack_remaining()
+        finally:
+            self._sock.disable_monitor()
+            self._disconnects.close(linger=0)
+
+    def _loop(self) -> None:
         while not self._abort.is_set():
             try:
                 item = self._inbox.get(timeout=SEND_POLL_S)
@@ -111,6 +144,7 @@ class Forwarder:
                 if self._finish.is_set():
                     return
                 self._pump()  # answer a decoder's stop even when no message flows
+                self._ack_ready()
                 continue
             self._holding = item
             try:
@@ -132,15 +166,24 @@ class Forwarder:
             qos=item.qos,
             retain=item.retain,
         )
-        if not self._send(pack_raw(frame)):
+        peer = self._send(pack_raw(frame))
+        if peer is None:
             return False
         self._seq += 1  # numbered only once sent, so a seq gap always means a lost frame
         self._m.forwarded.inc()
-        self._ack(item)
+        sent = Sent(item, time.monotonic())
+        self._sent.append(sent)
+        waiting = self._awaiting.get(peer)
+        if waiting is None:
+            waiting = self._awaiting[peer] = deque()
+        waiting.append(sent)
+        self._ack_ready()
         return True
 
     def _pump(self) -> None:
-        """Read every control message queued on the ROUTER (never blocks)."""
+        """Read every control message queued on the ROUTER and every disconnect (never
+        blocks)."""
+        self._note_disconnects()
         sock = self._sock
         while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             try:
@@ -158,18 +201,90 @@ class Forwarder:
         if kind == rawlink.CREDIT:
             if peer not in self._stopped:
                 self._credit[peer] = self._credit.get(peer, 0) + n
+            self._confirm(peer, n)
             return
         # STOP: nothing more goes to this peer; everything sent so far precedes the answer.
         self._credit.pop(peer, None)
         self._stopped.add(peer)
+        # Its drain publishes every frame it has and grants no more credit.
+        self._give_up(self._awaiting.pop(peer, ()))
+        self._ack_ready()
         # Gone already (EHOSTUNREACH) or its pipe is full: the decoder's drain times out.
         with contextlib.suppress(zmq.ZMQError):
             self._sock.send_multipart([peer, *rawlink.STOPPED_MESSAGE], zmq.NOBLOCK)
         logger.info("👋 A decoder asked to stop: it gets no more frames")
 
-    def _try_send(self, data: bytes) -> bool:
+    def _confirm(self, peer: bytes, n: int) -> None:
+        """Credit ``n`` came back from ``peer``: its ``n`` oldest frames were handed on.
+        (The first grant of a new peer finds nothing waiting and confirms nothing.)"""
+        waiting = self._awaiting.get(peer)
+        if not waiting:
+            return
+        for _ in range(min(n, len(waiting))):
+            waiting.popleft().done = True
+        if not waiting:
+            del self._awaiting[peer]
+        self._ack_ready()
+
+    def _note_disconnects(self) -> None:
+        monitor = self._disconnects
+        if not int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            return  # (a failed receive raises: ~10x the cost of this check, per message)
+        gone = False
+        while True:
+            try:
+                self._disconnects.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            gone = True
+        if gone and self._awaiting:
+            waiting = sum(len(w) for w in self._awaiting.values())
+            for peer_waiting in self._awaiting.values():
+                self._give_up(peer_waiting)
+            self._awaiting.clear()
+            logger.info(
+                "👋 A decoder disconnected: acknowledging the %d frames still waiting for "
+                "a decoder's confirmation",
+                waiting,
+            )
+            self._ack_ready()
+
+    def _give_up(self, waiting: deque[Sent] | tuple[()]) -> None:
+        """These frames will not be confirmed: let their acks go."""
+        for sent in waiting:
+            if not sent.done:
+                sent.done = True
+                self._m.acks_unconfirmed.inc()
+
+    def _ack_ready(self) -> None:
+        """Ack, in receive order, every message confirmed or waiting too long."""
+        sent = self._sent
+        now = time.monotonic()
+        while sent:
+            head = sent[0]
+            if not head.done:
+                if now - head.at < self._confirm_timeout:
+                    break
+                head.done = True
+                self._m.acks_unconfirmed.inc()
+            sent.popleft()
+            self._ack(head.item)
+
+    def _ack_remaining(self) -> None:
+        """At a stop (clean or cut short): ack everything handed on, confirmed or not, as
+        ack-at-hand-off did (ZeroMQ's linger still delivers the frames). Waiting for the
+        confirmations could outlast MQTT_DRAIN_TIMEOUT, and what is not acked before the
+        DISCONNECT comes again from the broker."""
+        for sent in self._sent:
+            if not sent.done:
+                self._m.acks_unconfirmed.inc()
+            self._ack(sent.item)
+        self._sent.clear()
+        self._awaiting.clear()
+
+    def _try_send(self, data: bytes) -> bytes | None:
         """Hand ``data`` to the next decoder with credit, round-robin (the one served
-        moves to the end); False when none could take it."""
+        moves to the end); the decoder's identity, or None when none could take it."""
         credits = self._credit
         for peer in list(credits):
             credit = credits[peer]
@@ -182,19 +297,21 @@ class Forwarder:
                     raise
                 del credits[peer]  # vanished (killed, or relinked under a new identity)
                 logger.info("👋 A decoder vanished with %d credit left: sending to others", credit)
+                self._give_up(self._awaiting.pop(peer, ()))
                 continue
             del credits[peer]  # to the end of the order, or out until it grants more (so a
             if credit > 1:  # vanished peer without credit is not kept)
                 credits[peer] = credit - 1
-            return True
-        return False
+            return peer
+        return None
 
-    def _send(self, data: bytes) -> bool:
+    def _send(self, data: bytes) -> bytes | None:
         blocked_at: float | None = None
         noticed = False
         while True:
             self._pump()
-            if self._try_send(data):
+            peer = self._try_send(data)
+            if peer is not None:
                 break
             # No decoder can take the frame right now. Wait for credit, looking up every
             # SEND_POLL_S for a stop request; never drop.
@@ -210,14 +327,15 @@ class Forwarder:
                 )
             if self._abort.is_set():
                 self._m.send_wait.inc(now - blocked_at)
-                return False
+                return None
+            self._ack_ready()  # what waits for confirmation past the timeout
             self._sock.poll(int(SEND_POLL_S * 1000), zmq.POLLIN)
         if blocked_at is not None:
             waited = time.monotonic() - blocked_at
             self._m.send_wait.inc(waited)
             if noticed:
                 logger.info("▶️ Decoders are taking frames again after %.1f s", waited)
-        return True
+        return peer
 
     def _ack(self, item: Inbound) -> None:
         if item.qos == 0:

@@ -49,6 +49,13 @@ class Metrics:
             "(the broker redelivers those)",
             registry=r,
         )
+        self.acks_unconfirmed = Counter(
+            "gateway_mqtt_acks_unconfirmed",
+            "acks sent before a decoder confirmed the frame: it stopped or disconnected, "
+            "ZMQ_RAW_CONFIRM_TIMEOUT passed (a frozen decoder, a stalled fan-out), or "
+            "ingest was stopping",
+            registry=r,
+        )
         self.forwarded = Counter(
             "gateway_ingest_frames_forwarded", "raw frames handed to ZeroMQ", registry=r
         )
