@@ -230,14 +230,12 @@ class Forwarder:
         monitor = self._disconnects
         if not int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
             return  # (a failed receive raises: ~10x the cost of this check, per message)
-        gone = False
-        while True:
+        while True:  # each message is one disconnect; which peer it was, it does not say
             try:
-                self._disconnects.recv_multipart(zmq.NOBLOCK)
+                monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            gone = True
-        if gone and self._awaiting:
+        if self._awaiting:
             waiting = sum(len(w) for w in self._awaiting.values())
             for peer_waiting in self._awaiting.values():
                 self._give_up(peer_waiting)
@@ -275,11 +273,8 @@ class Forwarder:
         ack-at-hand-off did (ZeroMQ's linger still delivers the frames). Waiting for the
         confirmations could outlast MQTT_DRAIN_TIMEOUT, and what is not acked before the
         DISCONNECT comes again from the broker."""
-        for sent in self._sent:
-            if not sent.done:
-                self._m.acks_unconfirmed.inc()
-            self._ack(sent.item)
-        self._sent.clear()
+        self._give_up(self._sent)
+        self._ack_ready()
         self._awaiting.clear()
 
     def _try_send(self, data: bytes) -> bytes | None:
