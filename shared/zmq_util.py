@@ -6,10 +6,12 @@ closed explicitly with a bounded linger, never by garbage collection.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 logger = logging.getLogger(__name__)
 
@@ -54,3 +56,45 @@ def connect_all(sock: zmq.Socket, endpoints: Iterable[str], what: str) -> None: 
     for endpoint in endpoints:
         sock.connect(endpoint)
         logger.info("🔌 %s connecting to %s", what, endpoint)
+
+
+class Connections:
+    """Connections to a bound socket, from its monitor: how many are open now, and how
+    many have closed so far (a monitor does not say which peer it was).
+
+    ``update`` must run often enough that the monitor's queue does not fill up: from an
+    asyncio loop (:meth:`watch`) or on every pass of a polling thread (it starts with a
+    ``ZMQ_EVENTS`` check, so a pass with nothing new costs no failed receive)."""
+
+    def __init__(self, sock: zmq.Socket[bytes]) -> None:
+        self.sock = sock
+        self.monitor: zmq.Socket[bytes] = sock.get_monitor_socket(
+            zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+        )
+        self.connected = 0
+        self.disconnects = 0
+
+    def watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_reader(self.monitor.fileno(), self.update)
+
+    def update(self) -> int:
+        """Take every event the monitor has queued; the number connected after them."""
+        monitor = self.monitor
+        while int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+            if event == zmq.EVENT_ACCEPTED:
+                self.connected += 1
+            elif event == zmq.EVENT_DISCONNECTED:
+                self.connected = max(0, self.connected - 1)
+                self.disconnects += 1
+        return self.connected
+
+    def close(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Stop watching (idempotent); before the socket closes or after."""
+        if self.monitor.closed:
+            return
+        if loop is not None:
+            loop.remove_reader(self.monitor.fileno())
+        if not self.sock.closed:
+            self.sock.disable_monitor()
+        self.monitor.close(linger=0)

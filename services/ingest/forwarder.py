@@ -37,7 +37,7 @@ from typing import Protocol
 import zmq
 
 from services.ingest.metrics import Metrics
-from shared import rawlink
+from shared import rawlink, zmq_util
 from shared.frames import RawFrame, pack_raw
 
 logger = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class Forwarder:
         self._stopped: set[bytes] = set()  # peers that asked to stop: their credit is void
         self._sent: deque[Sent] = deque()  # in receive order: acks leave from the left
         self._awaiting: dict[bytes, deque[Sent]] = {}  # per decoder, oldest first
-        self._disconnects: zmq.Socket[bytes] = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._connections = zmq_util.Connections(sock)
         self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
     @property
@@ -133,8 +133,7 @@ class Forwarder:
             self._loop()
             self._ack_remaining()
         finally:
-            self._sock.disable_monitor()
-            self._disconnects.close(linger=0)
+            self._connections.close()
 
     def _loop(self) -> None:
         while not self._abort.is_set():
@@ -227,15 +226,9 @@ class Forwarder:
         self._ack_ready()
 
     def _note_disconnects(self) -> None:
-        monitor = self._disconnects
-        if not int(monitor.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
-            return  # (a failed receive raises: ~10x the cost of this check, per message)
-        while True:  # each message is one disconnect; which peer it was, it does not say
-            try:
-                monitor.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-        if self._awaiting:
+        before = self._connections.disconnects
+        self._connections.update()
+        if self._connections.disconnects != before and self._awaiting:
             waiting = sum(len(w) for w in self._awaiting.values())
             for peer_waiting in self._awaiting.values():
                 self._give_up(peer_waiting)

@@ -27,10 +27,10 @@ from services.wsfanout.client import WRITE_LIMIT
 from services.wsfanout.config import SECRET_FIELDS, Config, load
 from services.wsfanout.fanout import Fanout
 from services.wsfanout.gate import Gate, select_subprotocol
-from services.wsfanout.handoff import HANDOFF_SECONDS, Peers
+from services.wsfanout.handoff import HANDOFF_SECONDS
 from services.wsfanout.metrics import Metrics
 from shared import service
-from shared.zmq_util import LINGER_MS, bind, configure
+from shared.zmq_util import LINGER_MS, Connections, bind, configure
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ async def serve_until_stopped(config: Config) -> int:
 
     ctx = zmq.Context()  # plain: Fanout.receive watches the socket's FD on the loop
     sub = ctx.socket(zmq.SUB)
-    peers: Peers | None = None
+    peers: Connections | None = None
     try:
         configure(
             sub,
@@ -93,7 +93,7 @@ async def serve_until_stopped(config: Config) -> int:
         )
         # Everything: per-source gap accounting needs every frame (zguide "Suicidal Snail").
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        peers = Peers(sub)  # watching before bind: no connection goes uncounted
+        peers = Connections(sub)  # watching before bind: no connection goes uncounted
         peers.watch(loop)
         bind(sub, config.zmq_events_bind, "Events SUB")
         server = await serve(

@@ -12,10 +12,10 @@ import zmq
 
 from services.wsfanout.config import load
 from services.wsfanout.fanout import Fanout
-from services.wsfanout.handoff import Peers
 from services.wsfanout.metrics import Metrics
 from services.wsfanout.tokens import TokenStore
 from shared.frames import LEAVING, event_parts, leaving_marker
+from shared.zmq_util import Connections
 from tests.support.timing import seconds
 from tests.wsfanout.helpers import Source, device_event
 
@@ -71,7 +71,7 @@ class Bench:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self.peers = Peers(self.sub)
+        self.peers = Connections(self.sub)
         self.sub.bind("tcp://127.0.0.1:0")
         self.endpoint = self.sub.getsockopt_string(zmq.LAST_ENDPOINT)
         config = load({"WEBSOCKET_STATE_FILE": ""}, [])
