@@ -7,8 +7,8 @@ Two ingest processes (``python -m services.ingest``, default settings: MQTT v5, 
 Receive Maximum 1000), one per variant, each with its own client id and topic filter on
 one private Mosquitto (bench/broker.py). A DEALER in this process plays decode: it
 grants 1,000 credits when it connects and one back per frame received, as decode does.
-So what is measured is the whole ingest path: paho's thread, the forwarder thread, the
-ZeroMQ send and the PUBACKs.
+So what is measured is the whole ingest path: the MQTT link's thread (paho and the
+forwarder), ZeroMQ's I/O thread and the PUBACKs.
 
 Each round runs both variants one after the other (interleaved), in two modes:
 
@@ -19,7 +19,7 @@ Each round runs both variants one after the other (interleaved), in two modes:
   and nothing else, and msg/s is not limited by the publisher. This is a burst, or a
   reconnect after an outage: many packets per read.
 - ``live``: the same messages published at ``--live-rate`` msg/s while ingest runs:
-  few packets per read, and each message wakes ingest's threads. The CPU measured runs
+  few packets per read, and each message wakes ingest's thread. The CPU measured runs
   from the first publish to the last frame.
 
 The best round per variant and mode counts (the machine has 2 shared cores: the other
@@ -172,16 +172,21 @@ class Round:
     threads: dict[str, float]  # CPU µs per message by thread role
 
 
+LINK = "MQTT link (paho + forwarder)"
+
+
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds so far per thread role of an ingest process. Python 3.11 does not name
-    OS threads: of the two Python threads besides the main one, app.run starts the
-    forwarder first, so it has the lower thread id; ZeroMQ names its own."""
-    stats = thread_stats(pid)
-    python = sorted((int(tid) for tid, (name, _, _) in stats.items() if name == "python"))
-    roles = dict(zip([t for t in python if t != pid], ("forwarder", "mqtt (paho)"), strict=False))
+    OS threads: the one Python thread besides the main one (which only waits for a
+    signal) is the MQTT link's; ZeroMQ names its own."""
     out: dict[str, float] = {}
-    for tid, (name, cpu, _) in stats.items():
-        role = "ZeroMQ I/O" if name.startswith("ZMQbg/IO") else roles.get(int(tid), "other")
+    for tid, (name, cpu, _) in thread_stats(pid).items():
+        if name.startswith("ZMQbg/IO"):
+            role = "ZeroMQ I/O"
+        elif name == "python" and int(tid) != pid:
+            role = LINK
+        else:
+            role = "other"
         out[role] = out.get(role, 0.0) + cpu
     return out
 
@@ -274,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx.term()
         broker.stop()
 
-    roles = ("mqtt (paho)", "forwarder", "ZeroMQ I/O")
+    roles = (LINK, "ZeroMQ I/O", "other")
     print()
     print(
         "| mode | variant | CPU µs/msg best | median | msg/s best | median | best round: "

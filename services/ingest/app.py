@@ -1,5 +1,5 @@
-"""ingest's wiring: ROUTER socket (raw frames), status endpoint, sender thread, MQTT thread,
-graceful stop.
+"""ingest's wiring: ROUTER socket (raw frames), status endpoint, the MQTT link's thread
+(which also hands frames on, :mod:`services.ingest.mqtt_link`), graceful stop.
 
 Shutdown on SIGTERM/SIGINT: take no new messages (they stay unacknowledged, so the broker
 redelivers them), forward and acknowledge what is held within MQTT_DRAIN_TIMEOUT,
@@ -10,7 +10,6 @@ bounded linger, log a summary, exit 0. A second signal skips the drain.
 from __future__ import annotations
 
 import logging
-import queue
 import signal
 import threading
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from types import FrameType
 import zmq
 
 from services.ingest.config import Config, load
-from services.ingest.forwarder import Forwarder, Inbound
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from shared import service, zmq_util
@@ -54,14 +52,11 @@ def open_router(ctx: zmq.Context, config: Config) -> zmq.Socket:  # type: ignore
 def run(config: Config) -> int:
     stop = threading.Event()
     metrics = Metrics()
-    inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
-    metrics.queue_depth.set_function(inbox.qsize)
-    link = MqttLink(config, inbox, metrics)
-    forwarder: Forwarder | None = None
+    link: MqttLink | None = None
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set() and forwarder is not None:
-            forwarder.abort()  # second signal: skip the drain
+        if stop.is_set() and link is not None:
+            link.abort()  # second signal: skip the drain
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -74,6 +69,9 @@ def run(config: Config) -> int:
     except OSError:
         ctx.term()
         raise
+    link = MqttLink(config, router, metrics)
+    held = link.forwarder.pending
+    metrics.queue_depth.set_function(lambda: len(held))
     status: StatusServer | None = None
     if config.metrics_port:
         try:
@@ -88,29 +86,22 @@ def run(config: Config) -> int:
             ) from None
         status.start()
 
-    forwarder = Forwarder(
-        router, inbox, link, config.zmq_raw_src, metrics, config.zmq_raw_confirm_timeout
-    )
-    forwarder.start()
     link.start()
     exit_code = 0
     while not sleep_unless_stopped(stop, 0.5):  # never stop.wait(): see shared/stopwait.py
-        if not (forwarder.alive and link.alive):  # cannot happen unless there is a bug
-            logger.error("❌ A worker thread died; stopping")
+        if not link.alive:  # cannot happen unless there is a bug
+            logger.error("❌ The MQTT link's thread died; stopping")
             exit_code = 1
             break
 
-    held = inbox.qsize()
     logger.info(
         "🛑 Stopping: taking no new messages; forwarding the %d held (at most %g s)",
-        held,
+        len(held),
         config.mqtt_drain_timeout,
     )
-    link.stop_intake()
-    left = forwarder.finish(config.mqtt_drain_timeout)
+    left = link.finish(config.mqtt_drain_timeout, MQTT_CLOSE_TIMEOUT_S)
     if left:
         metrics.deferred.inc(left)
-    link.close(MQTT_CLOSE_TIMEOUT_S)
     router.close(linger=zmq_util.LINGER_MS)
     ctx.term()
     if status is not None:
@@ -120,7 +111,7 @@ def run(config: Config) -> int:
         "unacknowledged for the broker to redeliver",
         metrics.value("gateway_mqtt_messages_received_total"),
         metrics.value("gateway_ingest_frames_forwarded_total"),
-        forwarder.seq,
+        link.forwarder.seq,
         metrics.value("gateway_mqtt_acks_total"),
         metrics.value("gateway_ingest_deferred_total"),
     )

@@ -15,12 +15,17 @@ message was paho's network thread, mostly in two places that do work ingest neve
    from that, and handles every packet already read before paho's loop goes back to
    ``select()`` (which sees the kernel's buffer, not ours).
 
-Both lean on paho internals (``_sock_recv``, ``_sock_close``, where ``decode_publish``
-finds ``Properties``), so :func:`client_class` uses them only on paho versions they were
-tested with (:data:`TESTED`) and otherwise returns the stock client, saying so once.
-The Properties class is swapped process-wide (paho offers no per-client hook for it): it
-is a subclass that decodes the same values, so other paho clients in the process, if any,
-see no difference except speed.
+3. paho writes each queued packet with its own ``send()``. ingest acks in lumps (a
+   decoder's credit confirms many frames at once), so :class:`FastClient` joins the
+   PUBACKs at the head of the queue into one write: one system call and one wake-up of
+   the broker instead of one per message.
+
+All three lean on paho internals (``_sock_recv``, ``_sock_close``, ``_packet_write`` and
+its packet dicts, where ``decode_publish`` finds ``Properties``), so :func:`client_class`
+uses them only on paho versions they were tested with (:data:`TESTED`) and otherwise
+returns the stock client, saying so once. The Properties class is swapped process-wide
+(paho offers no per-client hook for it): it is a subclass that decodes the same values,
+so other paho clients in the process, if any, see no difference except speed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ READ_SIZE = 64 * 1024  # one recv() takes whatever the kernel holds, up to this
 # recv() calls per loop(): then paho's loop writes our PUBACKs, keeps the connection alive
 # and lets MqttLink look at its stop flag, even while the broker never stops sending.
 READS_PER_LOOP = 4
+PUBACK = 0x40  # MQTT packet type, the high nibble of the first byte
 
 
 class FastProperties(Properties):
@@ -121,6 +127,28 @@ class FastClient(mqtt.Client):
             rc = super().loop_read(max_packets)
         return rc
 
+    def _packet_write(self) -> MQTTErrorCode:
+        out = self._out_packet
+        if len(out) > 1 and _unsent_puback(out[0]) and _unsent_puback(out[1]):
+            parts = []
+            while out and _unsent_puback(out[0]):
+                parts.append(out.popleft()["packet"])
+            data = b"".join(parts)
+            # Nothing is done on a PUBACK's completion: one packet dict can carry them all.
+            out.appendleft(
+                {
+                    "command": PUBACK,
+                    "mid": 0,
+                    "qos": 0,
+                    "pos": 0,
+                    "to_process": len(data),
+                    "packet": data,
+                    "info": None,
+                }
+            )
+        rc: MQTTErrorCode = super()._packet_write()
+        return rc
+
     def _sock_close(self) -> None:
         # Bytes of a closed connection must never be read as the next connection's.
         self._rbuf = b""
@@ -149,7 +177,7 @@ def unsupported_reason(version: str) -> str | None:
     home = _properties_home()
     if getattr(home, "Properties", None) not in (Properties, FastProperties):
         return f"{home.__name__}.Properties is not paho's Properties class"
-    for name in ("_sock_recv", "_sock_close", "loop_read"):
+    for name in ("_sock_recv", "_sock_close", "loop_read", "_packet_write"):
         if not callable(getattr(mqtt.Client, name, None)):
             return f"paho-mqtt {version} has no Client.{name}"
     return None
@@ -165,3 +193,7 @@ def client_class(version: str = paho.mqtt.__version__) -> type[mqtt.Client]:
     _properties_home().Properties = FastProperties  # type: ignore[attr-defined]
     logger.debug("Using the fast receive path for paho-mqtt %s", version)
     return FastClient
+
+
+def _unsent_puback(packet: Any) -> bool:
+    return bool((packet["command"] & 0xF0) == PUBACK and packet["pos"] == 0)

@@ -1,13 +1,16 @@
-"""The sender thread: wraps each received message as a raw frame, sends it to a decoder
-that has credit for it (ROUTER, :mod:`shared.rawlink`), then acks it.
+"""Hands each received message to a decoder that has credit for it (ROUTER,
+:mod:`shared.rawlink`) as a raw frame, then acks it.
 
-paho's callbacks only enqueue (a blocked callback stops keepalives, RELIABILITY.md §0.6);
-everything that can wait happens here. When no decoder has credit (all busy, stopping, or
-none connected) the thread simply waits, reading the decoders' control messages; the
-broker's inflight window fills because nothing is acknowledged, and the broker holds the
-rest. Nothing is dropped. A decoder's ``stop`` is answered with ``stopped`` after the last
-frame sent to it, so a decoder that stops loses nothing; a peer that vanished
-(EHOSTUNREACH, ROUTER_MANDATORY) is forgotten and the frame goes to another.
+It runs on the MQTT link's thread (:mod:`services.ingest.mqtt_link`): paho's callback
+only appends to :attr:`Forwarder.pending`, and the link's loop calls :meth:`Forwarder.work`
+after every read and whenever the ROUTER has something, so a message crosses no thread
+inside ingest (each hand-off between threads cost ~30 µs of wake-up on a small VM,
+bench/FINDINGS.md). When no decoder has credit (all busy, stopping, or none connected)
+messages wait in ``pending``; once that holds enough, the link stops reading from the
+broker, whose inflight window fills because nothing is acknowledged, and the broker
+holds the rest. Nothing is dropped. A decoder's ``stop`` is answered with ``stopped``
+after the last frame sent to it, so a decoder that stops loses nothing; a peer that
+vanished (EHOSTUNREACH, ROUTER_MANDATORY) is forgotten and the frame goes to another.
 
 Acks go out in receive order, one per message, once the decoder has confirmed the frame:
 its credit comes back only after the frame's event was handed on, and the link is in
@@ -27,8 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -42,13 +43,12 @@ from shared.frames import RawFrame, pack_raw
 
 logger = logging.getLogger(__name__)
 
-SEND_POLL_S = 0.1  # how often a send waiting for credit looks up for a stop request
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
 
 
 @dataclass(slots=True)
 class Inbound:
-    """One message as paho delivered it, waiting for the sender thread."""
+    """One message as paho delivered it, waiting for a decoder's credit."""
 
     mid: int
     qos: int
@@ -75,25 +75,26 @@ class Acker(Protocol):
 
 
 class Forwarder:
+    """Passive: the MQTT link's thread calls it after each read and each wake-up of the
+    ROUTER (:meth:`work`), so a message crosses no thread inside ingest."""
+
     def __init__(
         self,
         sock: zmq.Socket,  # type: ignore[type-arg]
-        inbox: queue.SimpleQueue[Inbound],
         acker: Acker,
         src: str,
         metrics: Metrics,
         confirm_timeout: float = 1.0,
     ) -> None:
         self._sock = sock
-        self._inbox = inbox
         self._acker = acker
         self._src = src
         self._m = metrics
         self._confirm_timeout = confirm_timeout
         self._seq = 0
-        self._finish = threading.Event()  # stop once the inbox is empty
-        self._abort = threading.Event()  # stop now, even in the middle of a blocked send
-        self._holding: Inbound | None = None
+        self.pending: deque[Inbound] = deque()  # received, waiting for a decoder's credit
+        self._blocked_at: float | None = None  # since when no decoder could take a frame
+        self._noticed = False  # that wait was long enough to be logged
         # Credit per decoder (ROUTER identity), only those with credit left (> 0), in
         # round-robin order.
         self._credit: dict[bytes, int] = {}
@@ -101,59 +102,79 @@ class Forwarder:
         self._sent: deque[Sent] = deque()  # in receive order: acks leave from the left
         self._awaiting: dict[bytes, deque[Sent]] = {}  # per decoder, oldest first
         self._connections = zmq_util.Connections(sock)
-        self._thread = threading.Thread(target=self._run, name="forwarder", daemon=True)
 
     @property
     def seq(self) -> int:
         return self._seq
 
     @property
-    def alive(self) -> bool:
-        return self._thread.is_alive()
+    def unacked(self) -> int:
+        """Frames handed on whose ack has not gone out yet."""
+        return len(self._sent)
 
-    def start(self) -> None:
-        self._thread.start()
+    def offer(self, item: Inbound) -> None:
+        self.pending.append(item)
 
-    def abort(self) -> None:
-        self._abort.set()
+    def work(self) -> None:
+        """Read the decoders' control messages, hand on what credit allows, ack what is
+        confirmed (or waited too long). Never blocks."""
+        self._pump()
+        if self.pending:
+            self._send_pending()
+        if self._sent:
+            self._ack_ready()
 
-    def finish(self, timeout: float) -> int:
-        """Forward what is queued (bounded by ``timeout``), stop, and return how many
-        messages were left unsent (never acknowledged, so the broker redelivers them)."""
-        self._finish.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            self._abort.set()
-            self._thread.join()
-        left = self._inbox.qsize() + (1 if self._holding is not None else 0)
-        return left
+    def finish(self) -> None:
+        """At a stop (clean or cut short): ack everything handed on, confirmed or not, as
+        ack-at-hand-off did (ZeroMQ's linger still delivers the frames). Waiting for the
+        confirmations could outlast MQTT_DRAIN_TIMEOUT, and what is not acked before the
+        DISCONNECT comes again from the broker. What was never handed on stays unacked."""
+        self._give_up(self._sent)
+        self._ack_ready()
+        self._awaiting.clear()
+        self._connections.close()
 
-    def _run(self) -> None:
-        try:
-            self._loop()
-            self._ack_remaining()
-        finally:
-            self._connections.close()
-
-    def _loop(self) -> None:
-        while not self._abort.is_set():
-            try:
-                item = self._inbox.get(timeout=SEND_POLL_S)
-            except queue.Empty:
-                if self._finish.is_set():
-                    return
-                self._pump()  # answer a decoder's stop even when no message flows
-                self._ack_ready()
-                continue
-            self._holding = item
+    def _send_pending(self) -> None:
+        pending = self.pending
+        while pending:
+            if not self._credit:
+                self._wait_noted()
+                return
+            item = pending[0]
             try:
                 if not self._forward(item):
-                    return  # aborted while blocked: the item stays unacked
+                    self._wait_noted()
+                    return
             except Exception:  # a bug here must not silently stop the whole flow
                 self._m.callback_errors.inc()
                 logger.error("❌ Unexpected error forwarding a message", exc_info=True)
                 self._ack(item)  # never stall the broker's window on one bad message
-            self._holding = None
+            pending.popleft()
+        self._wait_ended()
+
+    def _wait_noted(self) -> None:
+        """No decoder can take the next frame (none connected, all busy or stopping): it
+        waits here, and the broker's window fills because nothing is acknowledged."""
+        now = time.monotonic()
+        if self._blocked_at is None:
+            self._blocked_at = now
+        elif not self._noticed and now - self._blocked_at >= BLOCKED_NOTICE_S:
+            self._noticed = True
+            logger.warning(
+                "⏸️ No decoder is taking frames (none connected, or all busy): waiting "
+                "with %d messages held; the broker keeps the rest",
+                len(self.pending),
+            )
+
+    def _wait_ended(self) -> None:
+        if self._blocked_at is None:
+            return
+        waited = time.monotonic() - self._blocked_at
+        self._m.send_wait.inc(waited)
+        if self._noticed:
+            logger.info("▶️ Decoders are taking frames again after %.1f s", waited)
+        self._blocked_at = None
+        self._noticed = False
 
     def _forward(self, item: Inbound) -> bool:
         frame = RawFrame(
@@ -165,7 +186,7 @@ class Forwarder:
             qos=item.qos,
             retain=item.retain,
         )
-        peer = self._send(pack_raw(frame))
+        peer = self._try_send(pack_raw(frame))
         if peer is None:
             return False
         self._seq += 1  # numbered only once sent, so a seq gap always means a lost frame
@@ -176,7 +197,6 @@ class Forwarder:
         if waiting is None:
             waiting = self._awaiting[peer] = deque()
         waiting.append(sent)
-        self._ack_ready()
         return True
 
     def _pump(self) -> None:
@@ -207,7 +227,6 @@ class Forwarder:
         self._stopped.add(peer)
         # Its drain publishes every frame it has and grants no more credit.
         self._give_up(self._awaiting.pop(peer, ()))
-        self._ack_ready()
         # Gone already (EHOSTUNREACH) or its pipe is full: the decoder's drain times out.
         with contextlib.suppress(zmq.ZMQError):
             self._sock.send_multipart([peer, *rawlink.STOPPED_MESSAGE], zmq.NOBLOCK)
@@ -223,7 +242,6 @@ class Forwarder:
             waiting.popleft().done = True
         if not waiting:
             del self._awaiting[peer]
-        self._ack_ready()
 
     def _note_disconnects(self) -> None:
         before = self._connections.disconnects
@@ -238,7 +256,6 @@ class Forwarder:
                 "a decoder's confirmation",
                 waiting,
             )
-            self._ack_ready()
 
     def _give_up(self, waiting: deque[Sent] | tuple[()]) -> None:
         """These frames will not be confirmed: let their acks go."""
@@ -260,15 +277,6 @@ class Forwarder:
                 self._m.acks_unconfirmed.inc()
             sent.popleft()
             self._ack(head.item)
-
-    def _ack_remaining(self) -> None:
-        """At a stop (clean or cut short): ack everything handed on, confirmed or not, as
-        ack-at-hand-off did (ZeroMQ's linger still delivers the frames). Waiting for the
-        confirmations could outlast MQTT_DRAIN_TIMEOUT, and what is not acked before the
-        DISCONNECT comes again from the broker."""
-        self._give_up(self._sent)
-        self._ack_ready()
-        self._awaiting.clear()
 
     def _try_send(self, data: bytes) -> bytes | None:
         """Hand ``data`` to the next decoder with credit, round-robin (the one served
@@ -292,38 +300,6 @@ class Forwarder:
                 credits[peer] = credit - 1
             return peer
         return None
-
-    def _send(self, data: bytes) -> bytes | None:
-        blocked_at: float | None = None
-        noticed = False
-        while True:
-            self._pump()
-            peer = self._try_send(data)
-            if peer is not None:
-                break
-            # No decoder can take the frame right now. Wait for credit, looking up every
-            # SEND_POLL_S for a stop request; never drop.
-            now = time.monotonic()
-            if blocked_at is None:
-                blocked_at = now
-            if not noticed and now - blocked_at >= BLOCKED_NOTICE_S:
-                noticed = True
-                logger.warning(
-                    "⏸️ No decoder is taking frames (none connected, or all busy): waiting "
-                    "with %d messages held; the broker keeps the rest",
-                    self._inbox.qsize() + 1,
-                )
-            if self._abort.is_set():
-                self._m.send_wait.inc(now - blocked_at)
-                return None
-            self._ack_ready()  # what waits for confirmation past the timeout
-            self._sock.poll(int(SEND_POLL_S * 1000), zmq.POLLIN)
-        if blocked_at is not None:
-            waited = time.monotonic() - blocked_at
-            self._m.send_wait.inc(waited)
-            if noticed:
-                logger.info("▶️ Decoders are taking frames again after %.1f s", waited)
-        return peer
 
     def _ack(self, item: Inbound) -> None:
         if item.qos == 0:

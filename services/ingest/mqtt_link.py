@@ -1,4 +1,5 @@
-"""The broker connection: paho-mqtt driven by a thread of our own.
+"""The broker connection and the hand-off to decoders: paho-mqtt and the
+:class:`~services.ingest.forwarder.Forwarder`, driven by one thread of our own.
 
 Why not ``loop_forever``/``loop_start``: paho's reconnect back-off has no jitter and logs
 nothing we can act on (RELIABILITY.md §3), so this thread makes each attempt itself,
@@ -9,14 +10,19 @@ What the session guarantees (RELIABILITY.md §0.1, §0.5, §0.6):
 - a stable client id, ``clean_start=False`` and a session expiry interval, so messages
   published while ingest is away are queued by the broker;
 - subscriptions re-sent on every CONNACK (a broker may lose them over a restart);
-- ``manual_ack=True``: the forwarder thread acks each message after ZeroMQ took its frame;
+- ``manual_ack=True``: the forwarder acks each message once a decoder confirmed its frame;
 - callbacks never block and never raise (they enqueue, count and log).
 
-Thread safety: everything paho does runs on this thread except :meth:`MqttLink.ack`,
-which the forwarder calls. paho queues the PUBACK and wakes this thread's ``select``
-through its socket pair, the same path ``publish()`` from another thread takes with
-``loop_start``. Registering ``on_socket_register_write`` stops paho from writing to the
-socket from the caller's thread when ``loop()`` is driven by hand.
+One thread does everything: it polls the broker's socket and the decoders' ROUTER
+together, reads with ``loop_read``, lets the forwarder hand on what was read and queue
+the acks it can, then writes them all with one ``loop_write``. An earlier design had a
+paho thread and a forwarder thread; every message then cost two thread wake-ups (the
+queue between them, and paho's socket pair to wake it for the PUBACK), which was most of
+ingest's CPU at moderate rates (bench/FINDINGS.md). paho's ``loop()`` is never called
+while connected, so paho creates no socket pair, and ``on_socket_register_write`` keeps
+``ack()`` from writing the socket itself: PUBACKs queue up and leave together.
+While the forwarder holds enough messages no decoder could take, the socket is simply
+not polled for reading (but still written: acks, keepalive pings).
 
 The client is :class:`services.ingest.fast_paho.FastClient` (larger reads, cheaper v5
 properties) on the paho versions it was tested with, stock paho otherwise or with
@@ -27,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import select
 import socket
 import ssl
@@ -36,6 +41,7 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import zmq
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -46,19 +52,18 @@ from services.ingest import fast_paho
 from services.ingest.backoff import Backoff
 from services.ingest.config import Config
 from services.ingest.explain import AUTH_REASONS, describe_connect_error, describe_reason
-from services.ingest.forwarder import Inbound
+from services.ingest.forwarder import Forwarder, Inbound
 from services.ingest.metrics import Metrics
 from shared.log import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
-LOOP_TIMEOUT_S = 0.2  # how often the loop looks up from select for a stop request
+LOOP_TIMEOUT_S = 0.2  # how often the loop looks up from its poll (stop request, timeouts)
 STABLE_AFTER_S = 10.0  # a connection that lasted this long resets the back-off
 GOODBYE_TIMEOUT_S = 2.0  # time to flush the last acks and DISCONNECT on shutdown
 LINGER_AFTER_DISCONNECT_S = 1.0  # how long to read until the broker closes its side
 FLAPPING_AFTER = 3  # this many short-lived connections in a row suggest a client id clash
 LOST = "connection lost"
-PAUSED_POLL_S = 0.005  # while reading is paused: how often to look at the queue again
 
 
 def set_nodelay(sock: Any) -> None:
@@ -69,19 +74,34 @@ def set_nodelay(sock: Any) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def pending_bytes(sock: Any) -> int:
+    """Bytes a TLS socket has decrypted but not handed out: poll() cannot see them."""
+    pending = getattr(sock, "pending", None)
+    return int(pending()) if pending is not None else 0
+
+
 class MqttLink:
-    def __init__(self, config: Config, inbox: queue.SimpleQueue[Inbound], metrics: Metrics) -> None:
+    def __init__(
+        self,
+        config: Config,
+        router: zmq.Socket,  # type: ignore[type-arg]
+        metrics: Metrics,
+    ) -> None:
         self._cfg = config
-        self._inbox = inbox
         self._m = metrics
+        self._router = router
+        self.forwarder = Forwarder(
+            router, self, config.zmq_raw_src, metrics, config.zmq_raw_confirm_timeout
+        )
         self._v5 = config.mqtt_protocol == "5"
         self._persistent = config.mqtt_session_expiry > 0
         self._backoff = Backoff(config.mqtt_reconnect_min, config.mqtt_reconnect_max)
-        # Messages waiting for the forwarder at which reading from the broker pauses (and
+        # Messages waiting for a decoder at which reading from the broker pauses (and
         # half of it, at which it resumes). QoS 1 alone never gets there (the Receive
         # Maximum bounds it); QoS 0 has no flow control of its own, so this is its
         # backpressure: the broker holds what ingest does not read (max_queued_messages).
         self._pause_at = max(100, 2 * config.mqtt_receive_maximum)
+        self._paused_at: float | None = None  # reading paused since (monotonic)
         self._rate_limited = RateLimitedLog(logger)
 
         self._conn = 0  # +1 per connection attempt; tags messages so acks go to the right one
@@ -97,7 +117,10 @@ class MqttLink:
         self._short_lived = 0  # connections in a row that dropped soon after CONNACK
         self._tracebacks_logged: set[str] = set()
 
-        self._closing = threading.Event()
+        self._closing = threading.Event()  # finish: drain, ack, DISCONNECT, end the thread
+        self._drain_until = 0.0  # monotonic deadline for forwarding what is held at a stop
+        self._aborted = False  # a second signal: skip the drain
+        self._drained = False
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
@@ -118,9 +141,22 @@ class MqttLink:
         why = f": {self._outcome}" if self._outcome else ""
         return False, f"not connected to {self._cfg.broker_address}{why}"
 
-    def stop_intake(self) -> None:
-        """From now on messages are left unacknowledged for the broker to redeliver."""
+    def finish(self, drain_timeout: float, close_timeout: float) -> int:
+        """Take no new messages (the broker redelivers them), forward what is held within
+        ``drain_timeout``, ack what was handed on, DISCONNECT (the session stays on the
+        broker), stop. Returns how many messages were left unsent (never acknowledged)."""
         self._accepting = False
+        self._drain_until = time.monotonic() + drain_timeout
+        self._closing.set()
+        self._thread.join(drain_timeout + close_timeout)
+        if self._thread.is_alive():
+            self._aborted = True
+            self._thread.join(close_timeout)
+        return len(self.forwarder.pending)
+
+    def abort(self) -> None:
+        """Skip the drain of :meth:`finish` (the held messages stay unacknowledged)."""
+        self._aborted = True
 
     def ack(self, mid: int, qos: int, conn: int) -> bool:
         # Message ids belong to the connection that delivered the message. After a
@@ -129,11 +165,6 @@ class MqttLink:
             return False
         self._client.ack(mid, qos)
         return True
-
-    def close(self, timeout: float) -> None:
-        """Send the queued acks, DISCONNECT (the session stays on the broker), stop."""
-        self._closing.set()
-        self._thread.join(timeout)
 
     # ------------------------------------------------------------------ set-up
 
@@ -196,6 +227,68 @@ class MqttLink:
             if self._closing.is_set():
                 break
             self._wait_before_retry()
+        self._drain()  # once more when stopping while not connected (acks are then moot)
+
+    def _step(self, read: bool, timeout: float) -> bool:
+        """One pass: wait for the broker's socket or the ROUTER (at most ``timeout``),
+        read, forward, ack, write. False when the MQTT connection ended."""
+        client = self._client
+        sock = client.socket()
+        items: list[tuple[Any, int]] = [(self._router, zmq.POLLIN)]
+        if sock is not None:
+            events = zmq.POLLOUT if client.want_write() else 0
+            if read:
+                events |= zmq.POLLIN
+                if pending_bytes(sock):
+                    timeout = 0.0
+            if events:
+                items.append((sock, events))
+        ready = zmq.zmq_poll(items, int(timeout * 1000))
+        read_ok = True
+        if sock is not None and read and (pending_bytes(sock) or _readable(ready, sock)):
+            read_ok = client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
+        self.forwarder.work()  # also after a failed read: what it read is held
+        if not read_ok or client.socket() is None:
+            return False
+        if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        return client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _reading(self) -> bool:
+        """Whether to read from the broker: not while the forwarder holds ``_pause_at``
+        messages (until it is down to half), counting the time paused."""
+        held = len(self.forwarder.pending)
+        now = time.monotonic()
+        if self._paused_at is None:
+            if held < self._pause_at:
+                return True
+            self._paused_at = now
+            return False
+        self._m.read_paused.inc(now - self._paused_at)  # as it goes: /metrics sees a long pause
+        self._paused_at = now
+        if held > self._pause_at // 2:
+            return False
+        self._paused_at = None
+        return True
+
+    def _drain(self) -> None:
+        """At a stop: forward what is held until the deadline (or an abort), reading no
+        more from the broker, then ack everything handed on."""
+        if self._drained:
+            return
+        self._drained = True
+        fw = self.forwarder
+        while fw.pending and not self._aborted:
+            left = self._drain_until - time.monotonic()
+            if left <= 0:
+                break
+            # Without a connection it still forwards; the acks are then moot (the broker
+            # sends those messages again on the next connection).
+            self._step(read=False, timeout=min(LOOP_TIMEOUT_S, left))
+        fw.finish()
+        client = self._client
+        if client.socket() is not None and client.want_write():
+            client.loop_write()
 
     def _attempt(self) -> None:
         self._conn += 1
@@ -211,6 +304,7 @@ class MqttLink:
         started = time.monotonic()
         while self._client.socket() is not None:
             if self._closing.is_set():
+                self._drain()
                 self._say_goodbye()
                 break
             if (
@@ -222,28 +316,9 @@ class MqttLink:
                 self._m.connect_failures.labels("timeout").inc()
                 self._say_goodbye()
                 break
-            if self._inbox.qsize() >= self._pause_at and not self._hold_reading():
-                break
-            if self._client.loop(timeout=LOOP_TIMEOUT_S) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if not self._step(self._reading(), LOOP_TIMEOUT_S):
                 break
         self._mark_down()
-
-    def _hold_reading(self) -> bool:
-        """Read nothing until the forwarder has worked the queue down to half, but keep
-        writing (acks, keepalive pings). False when the connection ended meanwhile."""
-        client = self._client
-        resume_at = self._pause_at // 2
-        last = time.monotonic()
-        while self._inbox.qsize() > resume_at and not self._closing.is_set():
-            if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return False
-            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return False
-            self._closing.wait(PAUSED_POLL_S)
-            now = time.monotonic()
-            self._m.read_paused.inc(now - last)  # as it goes: /metrics shows a long pause
-            last = now
-        return client.socket() is not None
 
     def _say_goodbye(self) -> None:
         """DISCONNECT after whatever acks are queued (paho writes packets in order)."""
@@ -287,7 +362,9 @@ class MqttLink:
                 delay,
                 self._backoff.attempt,
             )
-        self._closing.wait(delay)
+        until = time.monotonic() + delay
+        while not self._closing.is_set() and (left := until - time.monotonic()) > 0:
+            self._step(read=False, timeout=min(LOOP_TIMEOUT_S, left))  # decoders still served
 
     def _flapping_hint(self) -> str:
         # Brokers that do not send "session taken over" (Mosquitto 2.0.11 just closes the
@@ -431,7 +508,7 @@ class MqttLink:
                 self._warn_qos0_once(msg)
             if msg.dup:
                 self._m.redelivered.inc()
-            self._inbox.put(
+            self.forwarder.offer(
                 Inbound(
                     msg.mid,
                     qos,
@@ -529,3 +606,8 @@ def read_until_closed(sock: Any, seconds: float) -> None:
             continue
         except OSError:
             return
+
+
+def _readable(ready: list[tuple[Any, int]], sock: Any) -> bool:
+    fd = sock.fileno()  # zmq_poll answers with the descriptor of a plain socket
+    return any(s == fd and events & zmq.POLLIN for s, events in ready)

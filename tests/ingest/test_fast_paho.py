@@ -216,3 +216,73 @@ def test_a_backlog_arrives_whole_and_in_order(
     assert [f.seq for f in frames] == list(range(1, len(items) + 1))
     assert ingest.stop() == 0
     assert f"Stopped: received {len(items)}, forwarded {len(items)}" in ingest.log_text()
+
+
+class CountingClient(FastClient):
+    """The fast client, counting its socket writes."""
+
+    sends = 0
+
+    def _sock_send(self, buf: bytes) -> int:
+        self.sends += 1
+        sent: int = super()._sock_send(buf)
+        return sent
+
+
+def manual_ack_session(broker: Broker, client_id: str) -> tuple[CountingClient, list[int]]:
+    """A v5 persistent-session subscriber driven by hand, as ingest drives it: manual acks
+    that only queue (``on_socket_register_write``), written by ``loop_write``. Returns once
+    subscribed, with the list the message ids arrive in."""
+    client = CountingClient(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    mids: list[int] = []
+    subacks: list[int] = []
+    client.on_message = lambda _c, _u, msg: mids.append(msg.mid)
+    client.on_subscribe = lambda _c, _u, mid, *_args: subacks.append(mid)
+    client.on_socket_register_write = lambda *_args: None
+    client.on_connect = lambda c, *_args: c.subscribe("acks/#", qos=1)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 300
+    client.connect(broker.host, broker.port, clean_start=False, properties=props)
+    pump(client, lambda: bool(subacks), "SUBACK")
+    return client, mids
+
+
+def pump(client: mqtt.Client, until: Callable[[], bool], what: str) -> None:
+    wait_for(lambda: client.loop(0.05) == 0 and until(), 30, what)
+
+
+def test_queued_pubacks_leave_in_one_write_and_all_reach_the_broker(broker: Broker) -> None:
+    client_id = f"fast-paho-acks-{uuid.uuid4().hex[:8]}"
+    client, mids = manual_ack_session(broker, client_id)
+    pub = Publisher(broker.host, broker.port)
+    try:
+        pub.publish_all([(f"acks/{i}", b"%d" % i) for i in range(200)])
+        acked = 0
+        batches = []
+        while acked < 200:
+            # The broker sends up to its inflight window, then waits for our acks.
+            pump(client, lambda n=acked: len(mids) > n, "more messages")
+            for _ in range(5):
+                client.loop(0.02)
+            batch = mids[acked:]
+            for mid in batch:
+                client.ack(mid, 1)
+            before = client.sends
+            assert client.loop_write() == 0
+            assert not client.want_write()
+            assert client.sends - before == 1, f"{len(batch)} PUBACKs in one write"
+            acked += len(batch)
+            batches.append(len(batch))
+        assert acked == 200 and max(batches) >= 10  # (a window of PUBACKs at a time)
+        client.disconnect()
+        pump(client, lambda: client.socket() is None, "the DISCONNECT written")
+    finally:
+        pub.close()
+    # The broker got every ack: the session has nothing to send again.
+    again, redelivered = manual_ack_session(broker, client_id)
+    for _ in range(20):  # ~1 s of loops: a redelivery would come right after CONNACK
+        again.loop(0.05)
+    again.disconnect()
+    assert redelivered == []

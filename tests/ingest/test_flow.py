@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import queue
 import socket
 import time
 from collections.abc import Callable
 
 import pytest
+import zmq
 
 from services.ingest.config import load
 from services.ingest.fast_paho import FastClient
-from services.ingest.forwarder import Inbound
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from tests.ingest.conftest import StartIngest, count_lines
@@ -151,8 +150,10 @@ def test_mqtt_socket_has_nagle_off(broker: Broker) -> None:
         },
         [],
     )
-    inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
-    link = MqttLink(config, inbox, Metrics())
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("tcp://127.0.0.1:*")
+    link = MqttLink(config, router, Metrics())
     link.start()
     try:
         wait_for(lambda: link.ready()[0], 20, "connected and subscribed")
@@ -162,6 +163,7 @@ def test_mqtt_socket_has_nagle_off(broker: Broker) -> None:
         assert isinstance(sock, socket.socket)
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
-        link.stop_intake()
-        link.close(5)
+        link.finish(1, 5)
+        router.close(linger=0)
+        ctx.term()
     assert not link.alive
