@@ -133,10 +133,6 @@ class Fanout:
         self._dirty: list[Client] = []
         self._coalesce_timer: asyncio.TimerHandle | None = None
         self._coalesce_s = config.websocket_coalesce_ms / 1000.0
-        # Set by receive(): stop watching the socket while a coalescing window is open,
-        # and take what arrived meanwhile when it closes (see _write_out).
-        self._pause_reading: Callable[[], None] | None = None
-        self._resume_reading: Callable[[bool], None] | None = None
         self.goodbyes: set[bytes] = set()  # decoders that answered the hand-off at stop
         self._accepted = 0  # counts of the current batch, added to the metrics by _flush()
         self._sent_live = 0
@@ -161,62 +157,34 @@ class Fanout:
         bench/wsfanout_bench.py). The FD is edge-triggered: it signals when frames arrive
         after a receive found none, not while frames wait. So a batch runs until
         ``zmq.Again`` (which re-arms it); a batch cut short by its bounds is continued by
-        a callback scheduled at once, after the other tasks had their turn.
-
-        While a coalescing window is open the FD is not watched at all: what arrives in
-        the window would only be held until it closes, so it is taken then, in one batch,
-        instead of with one wake-up of this process per event (at 1,000 events/s that
-        was most of the fan-out's CPU, bench/FINDINGS.md). Nothing waits longer for it."""
+        a callback scheduled at once, after the other tasks had their turn."""
         loop = asyncio.get_running_loop()
         recv = sock.recv_multipart
         fd = sock.fileno()  # ZMQ_FD
         failed: asyncio.Future[None] = loop.create_future()
         more: asyncio.Handle | None = None
-        watching = False
 
-        def take(coalesce: bool) -> None:
+        def on_readable() -> None:
             nonlocal more
             if more is not None:
                 more.cancel()  # this call takes what it would have
                 more = None
             try:
-                _, drained = self._take(recv, BATCH_MAX, BATCH_SECONDS, coalesce)
+                _, drained = self._take(recv, BATCH_MAX, BATCH_SECONDS)
             except Exception as exc:  # the socket failed: end receive() with it, as before
-                pause()
+                loop.remove_reader(fd)
                 if not failed.done():
                     failed.set_exception(exc)
                 return
             if not drained:
                 more = loop.call_soon(on_readable)
 
-        def on_readable() -> None:
-            take(coalesce=True)
-
-        def pause() -> None:
-            nonlocal watching
-            if watching:
-                loop.remove_reader(fd)
-                watching = False
-
-        def resume(take_now: bool) -> None:
-            nonlocal watching, more
-            if watching or failed.done():
-                return
-            watching = True
-            loop.add_reader(fd, on_readable)
-            # A receive that ended with zmq.Again re-arms the FD; frames may be waiting.
-            if take_now:
-                take(coalesce=False)
-            elif more is None:
-                more = loop.call_soon(on_readable)
-
-        self._pause_reading, self._resume_reading = pause, resume
-        resume(take_now=False)  # (and take the frames that arrived before it watched)
+        loop.add_reader(fd, on_readable)
         try:
+            on_readable()  # frames that arrived before the reader was watching
             await failed
         finally:
-            self._pause_reading = self._resume_reading = None
-            pause()
+            loop.remove_reader(fd)
             if more is not None:
                 more.cancel()
 
@@ -304,32 +272,21 @@ class Fanout:
         When a batch goes to ``COALESCE_MIN_CLIENTS`` or more, the writes wait up to
         ``WEBSOCKET_COALESCE_MS`` for the events that follow, so each client gets them in
         one write. Fewer clients (a dashboard or two) are written to at once: there the
-        delay would cost latency and save little. While the window is open, receive()
-        does not watch the socket: the window's events are taken when it closes."""
+        delay would cost latency and save little."""
         dirty = self._dirty
         if not dirty or self._coalesce_timer is not None and coalesce:
             return  # nothing to write, or the timer writes it
         if coalesce and self._coalesce_s > 0 and len(dirty) >= COALESCE_MIN_CLIENTS:
             self._coalesce_timer = asyncio.get_running_loop().call_later(
-                self._coalesce_s, self._window_closed
+                self._coalesce_s, self._write_held
             )
-            if self._pause_reading is not None:
-                self._pause_reading()
             return
-        self._write_held()
-
-    def _window_closed(self) -> None:
-        self._coalesce_timer = None
-        if self._resume_reading is not None:
-            self._resume_reading(True)  # takes the window's events and writes them all
         self._write_held()
 
     def _write_held(self) -> None:
         if self._coalesce_timer is not None:
             self._coalesce_timer.cancel()
             self._coalesce_timer = None
-        if self._resume_reading is not None:
-            self._resume_reading(False)  # (after a write without the timer, e.g. at stop)
         dirty, self._dirty = self._dirty, []
         for client in dirty:
             client.write_held()
