@@ -256,9 +256,14 @@ class MqttLink:
 
     def _reading(self) -> bool:
         """Whether to read from the broker: not while the forwarder holds ``_pause_at``
-        messages (until it is down to half), counting the time paused."""
+        messages (until it is down to half), counting the time paused. Always until the
+        subscription is confirmed: the SUBACK comes behind whatever the broker sends
+        first (a resumed session's redeliveries), and without it ingest is not ready."""
         held = len(self.forwarder.pending)
         now = time.monotonic()
+        if not self._subscribed:
+            self._paused_at = None
+            return True
         if self._paused_at is None:
             if held < self._pause_at:
                 return True

@@ -246,6 +246,7 @@ def manual_ack_session(broker: Broker, client_id: str) -> tuple[CountingClient, 
     props.SessionExpiryInterval = 300
     client.connect(broker.host, broker.port, clean_start=False, properties=props)
     pump(client, lambda: bool(subacks), "SUBACK")
+    client.subacks = subacks  # type: ignore[attr-defined]
     return client, mids
 
 
@@ -276,6 +277,12 @@ def test_queued_pubacks_leave_in_one_write_and_all_reach_the_broker(broker: Brok
             acked += len(batch)
             batches.append(len(batch))
         assert acked == 200 and max(batches) >= 10  # (a window of PUBACKs at a time)
+        # A round trip behind the acks: once its SUBACK is here the broker has read them.
+        # (Closing right away could reset the connection before it did: mqtt_link's
+        # read_until_closed is ingest's answer to that.)
+        subacks: list[int] = client.subacks  # type: ignore[attr-defined]
+        client.subscribe("acks/fence", qos=1)
+        pump(client, lambda: len(subacks) == 2, "the fence's SUBACK")
         client.disconnect()
         pump(client, lambda: client.socket() is None, "the DISCONNECT written")
     finally:
