@@ -107,11 +107,6 @@ class Forwarder:
     def seq(self) -> int:
         return self._seq
 
-    @property
-    def unacked(self) -> int:
-        """Frames handed on whose ack has not gone out yet."""
-        return len(self._sent)
-
     def offer(self, item: Inbound) -> None:
         self.pending.append(item)
 
@@ -132,6 +127,9 @@ class Forwarder:
         self._give_up(self._sent)
         self._ack_ready()
         self._awaiting.clear()
+
+    def close(self) -> None:
+        """Stop watching the ROUTER's connections (idempotent); before it closes."""
         self._connections.close()
 
     def _send_pending(self) -> None:

@@ -216,18 +216,21 @@ class MqttLink:
     # ------------------------------------------------------------------ the thread
 
     def _run(self) -> None:
-        while not self._closing.is_set():
-            try:
-                self._attempt()
-            except Exception:  # a bug must not end the connection for good
-                self._m.callback_errors.inc()
-                logger.error("❌ Unexpected error in the MQTT connection", exc_info=True)
-                self._outcome = self._outcome or "unexpected error (see above)"
-                self._mark_down()
-            if self._closing.is_set():
-                break
-            self._wait_before_retry()
-        self._drain()  # once more when stopping while not connected (acks are then moot)
+        try:
+            while not self._closing.is_set():
+                try:
+                    self._attempt()
+                except Exception:  # a bug must not end the connection for good
+                    self._m.callback_errors.inc()
+                    logger.error("❌ Unexpected error in the MQTT connection", exc_info=True)
+                    self._outcome = self._outcome or "unexpected error (see above)"
+                    self._mark_down()
+                if self._closing.is_set():
+                    break
+                self._wait_before_retry()
+            self._drain()  # once more when stopping while not connected (acks are then moot)
+        finally:
+            self.forwarder.close()  # even after a bug: an open monitor would block ctx.term()
 
     def _step(self, read: bool, timeout: float) -> bool:
         """One pass: wait for the broker's socket or the ROUTER (at most ``timeout``),
