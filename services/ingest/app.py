@@ -79,6 +79,7 @@ def run(config: Config) -> int:
                 config.metrics_host, config.metrics_port, metrics.registry, link.ready
             )
         except OSError as exc:
+            link.forwarder.close()  # its monitor socket would keep ctx.term() waiting
             router.close(linger=0)
             ctx.term()
             raise OSError(

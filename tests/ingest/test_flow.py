@@ -18,7 +18,7 @@ from tests.ingest.helpers import FrameCollector, healthz, numbered, numbers, scr
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_port
-from tests.support.timing import wait_for
+from tests.support.timing import seconds, wait_for
 
 BINARY = bytes(range(256))
 
@@ -167,3 +167,19 @@ def test_mqtt_socket_has_nagle_off(broker: Broker) -> None:
         router.close(linger=0)
         ctx.term()
     assert not link.alive
+
+
+def test_a_taken_metrics_port_ends_ingest_with_a_clear_error(start_ingest: StartIngest) -> None:
+    # Everything opened before the status server (the ROUTER and its monitor) is closed
+    # again, so the process exits instead of hanging in ZeroMQ's context teardown.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        ingest = start_ingest(wait=False, METRICS_PORT=str(taken.getsockname()[1]))
+        assert ingest.proc is not None
+        code = ingest.proc.wait(timeout=seconds(20))
+    finally:
+        taken.close()
+    assert code != 0
+    assert "cannot serve metrics on" in ingest.log_text()
