@@ -261,11 +261,17 @@ class MqttLink:
         """Whether to read from the broker: not while the forwarder holds ``_pause_at``
         messages (until it is down to half), counting the time paused. Always until the
         subscription is confirmed: the SUBACK comes behind whatever the broker sends
-        first (a resumed session's redeliveries), and without it ingest is not ready."""
+        first (a resumed session's redeliveries), and without it ingest is not ready.
+        And while a keepalive ping waits for its answer."""
         held = len(self.forwarder.pending)
         now = time.monotonic()
         if not self._subscribed:
             self._paused_at = None
+            return True
+        if getattr(self._client, "_ping_t", 0):
+            # paho sent a PINGREQ: its answer must be read, or paho drops the connection
+            # after a second keepalive period (the paused socket holds at most what is
+            # in flight, or the Receive Maximum at QoS 1).
             return True
         if self._paused_at is None:
             if held < self._pause_at:

@@ -183,3 +183,24 @@ def test_a_taken_metrics_port_ends_ingest_with_a_clear_error(start_ingest: Start
         taken.close()
     assert code != 0
     assert "cannot serve metrics on" in ingest.log_text()
+
+
+def test_a_long_pause_keeps_the_connection_alive(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    # No decoder for over two keepalive periods while reading is paused: the keepalive
+    # pings are still answered, so the connection stays up and nothing is redelivered.
+    port = free_port()
+    ingest = start_ingest(MQTT_KEEPALIVE="5", MQTT_RECEIVE_MAXIMUM="50", METRICS_PORT=str(port))
+    total = 400
+    pub = Publisher(broker.host, broker.port)
+    pub.publish_all([(topic, n + b" " * 1000) for topic, n in numbered(total)], qos=0)
+    pub.close()
+    wait_for(lambda: scrape(port)["gateway_ingest_read_paused_seconds_total"] > 0, 10, "a pause")
+    time.sleep(seconds(13))  # > 2 x keepalive: a lost PINGRESP would have dropped it
+    m = scrape(port)
+    assert m["gateway_mqtt_connects_total"] == 1 and m["gateway_mqtt_disconnects_total"] == 0
+    assert m["gateway_ingest_read_paused_seconds_total"] > 5  # it really stayed paused
+    frames_out = collect()
+    assert numbers(frames_out.wait_numbers(range(total))) == list(range(total))
+    assert ingest.stop() == 0
