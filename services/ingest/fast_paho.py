@@ -45,8 +45,9 @@ logger = logging.getLogger(__name__)
 
 TESTED = ((2, 1), (2, 2))  # paho-mqtt major.minor versions this module was tested with
 READ_SIZE = 64 * 1024  # one recv() takes whatever the kernel holds, up to this
-# recv() calls per loop(): then paho's loop writes our PUBACKs, keeps the connection alive
-# and lets MqttLink look at its stop flag, even while the broker never stops sending.
+# recv() calls per loop_read(): then MqttLink's loop hands frames on, writes our PUBACKs,
+# keeps the connection alive and looks at its stop flag, even while the broker never stops
+# sending.
 READS_PER_LOOP = 4
 PUBACK = 0x40  # MQTT packet type, the high nibble of the first byte
 

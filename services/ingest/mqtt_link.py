@@ -238,17 +238,19 @@ class MqttLink:
         client = self._client
         sock = client.socket()
         items: list[tuple[Any, int]] = [(self._router, zmq.POLLIN)]
+        buffered = 0  # TLS bytes already decrypted: the poll cannot see them
         if sock is not None:
             events = zmq.POLLOUT if client.want_write() else 0
             if read:
                 events |= zmq.POLLIN
-                if pending_bytes(sock):
+                buffered = pending_bytes(sock)
+                if buffered:
                     timeout = 0.0
             if events:
                 items.append((sock, events))
         ready = zmq.zmq_poll(items, int(timeout * 1000))
         read_ok = True
-        if sock is not None and read and (pending_bytes(sock) or _readable(ready, sock)):
+        if sock is not None and read and (buffered or _readable(ready, sock)):
             read_ok = client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
         self.forwarder.work()  # also after a failed read: what it read is held
         if not read_ok or client.socket() is None:
@@ -299,10 +301,7 @@ class MqttLink:
             # Without a connection it still forwards; the acks are then moot (the broker
             # sends those messages again on the next connection).
             self._step(read=False, timeout=min(LOOP_TIMEOUT_S, left))
-        fw.finish()
-        client = self._client
-        if client.socket() is not None and client.want_write():
-            client.loop_write()
+        fw.finish()  # its acks leave with the DISCONNECT (_say_goodbye), in order
 
     def _attempt(self) -> None:
         self._conn += 1
