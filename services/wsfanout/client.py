@@ -126,6 +126,7 @@ class Client:
         "raw",
         "batched",
         "held",
+        "room",
         "_allowance",
         "_last",
         "_backlogged",
@@ -165,6 +166,7 @@ class Client:
         self.raw = not conn.protocol.extensions
         self.batched = 0  # bytes of the fast-path frames in ``held``
         self.held: list[bytes] | None = None  # fast-path frames the fan-out writes soon
+        self.room = 0  # what the socket buffer took below WRITE_LIMIT when ``held`` began
         self._allowance = float(limits.burst)
         self._last = time.monotonic()
         self._backlogged = backlogged
@@ -211,22 +213,19 @@ class Client:
         if self.conn.protocol.state is State.OPEN and not transport.is_closing():
             transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
-    def deliver(self, entry: Entry, fast: list[Client]) -> None:
-        """Hand one live event to this client: into ``fast`` (the caller writes the frame,
-        built once, to each of them) or into its queue."""
+    def deliver(self, entry: Entry) -> bool:
+        """Hand one live event to this client: True when it takes the fast path (the
+        caller adds the frame, built once, to ``held`` and counts it), else it is queued."""
         if self.closing:
-            return
+            return False
         transport = self.conn.transport
-        if (
-            self.relay is None
-            and self.raw
-            and transport.get_write_buffer_size() + self.batched < WRITE_LIMIT
-        ):
-            if self.conn.protocol.state is State.OPEN and not transport.is_closing():
-                fast.append(self)
-                self.batched += len(entry.text)
-                self.sent += 1
-            return
+        if self.relay is None and self.raw:
+            room = WRITE_LIMIT - transport.get_write_buffer_size()
+            if self.batched < room:
+                if self.conn.protocol.state is State.OPEN and not transport.is_closing():
+                    self.room = room
+                    return True
+                return False
         live = self.live
         if live is None:
             live = self.live = deque()
@@ -244,6 +243,7 @@ class Client:
             self.behind_since = time.monotonic()
             self._backlogged.add(self)
         self._ensure_relay()
+        return False
 
     def control(self, obj: dict[str, Any]) -> None:
         """A reply (``type`` key): sent now if nothing is pending, else queued ahead of live

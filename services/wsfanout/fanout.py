@@ -361,25 +361,37 @@ class Fanout:
         return True
 
     def dispatch(self, entry: Entry) -> None:
-        """Hand one event to every matching client (within a batch: see :meth:`_take`)."""
-        fast: list[Client] = []
-        for client in self.index.matching(entry.meta):
-            client.deliver(entry, fast)
-        if not fast:
-            return
-        # One frame per event for every ready client (each was below its write limit; the
-        # others queued the event and wait for their socket to drain), held until the end
-        # of the batch or the coalescing delay (_write_out).
-        frame = text_frame(entry.text)
+        """Hand one event to every matching client (within a batch: see :meth:`_take`).
+
+        Every client on the fast path gets the same frame (built once) in ``held``, which
+        is written at the end of the batch or the coalescing delay (:meth:`_write_out`);
+        the others queue the event and wait for their socket to drain. A client already
+        holding frames from this batch passed every check of ``Client.deliver`` then, and
+        since only its bytes grew, so the checks are skipped while the bytes fit (7 % of
+        the fan-out's CPU per event with 50 clients, bench/wsfanout_bench.py). Unless a
+        relay started since (a reply, a new filter): what follows must then queue behind
+        what the relay sends."""
+        size = len(entry.text)
+        frame: bytes | None = None
         dirty = self._dirty
-        for client in fast:
+        fast = 0
+        for client in self.index.matching(entry.meta):
             held = client.held
+            if held is None or client.relay is not None or client.batched >= client.room:
+                if not client.deliver(entry):
+                    continue
+                held = client.held
+            if frame is None:
+                frame = text_frame(entry.text)
             if held is None:
                 client.held = [frame]
                 dirty.append(client)
             else:
                 held.append(frame)
-        self._sent_live += len(fast)
+            client.batched += size
+            client.sent += 1
+            fast += 1
+        self._sent_live += fast
 
     # Clients --------------------------------------------------------------------------
 
