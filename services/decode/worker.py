@@ -368,7 +368,7 @@ class Worker:
         count = 0
         for _ in range(BATCH):
             try:
-                parts = recv(zmq.NOBLOCK)
+                parts = recv(zmq_util.NOBLOCK)
             except zmq.Again:
                 break
             if len(parts) == 2 and rawlink.is_stopped(parts):
@@ -390,11 +390,12 @@ class Worker:
         """Send the held events in order; True when none is left."""
         if self._holding():
             return not self.pending
-        send = self.pub.send_multipart
+        pub = self.pub
+        send = zmq_util.send_parts
         sent = 0
         try:
             for event in self.pending:
-                send(event, zmq.NOBLOCK)
+                send(pub, event)
                 sent += 1
         except zmq.Again:  # XPUB_NODROP: the fan-out's queue is full (or it is away)
             del self.pending[:sent]

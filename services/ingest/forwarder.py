@@ -202,9 +202,9 @@ class Forwarder:
         blocks)."""
         self._note_disconnects()
         sock = self._sock
-        while int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        while zmq_util.readable(sock):
             try:
-                parts = sock.recv_multipart(zmq.NOBLOCK)
+                parts = sock.recv_multipart(zmq_util.NOBLOCK)
             except zmq.Again:
                 return
             self._control(parts[0], parts[1:])
@@ -283,7 +283,7 @@ class Forwarder:
         for peer in list(credits):
             credit = credits[peer]
             try:
-                self._sock.send_multipart([peer, data], zmq.NOBLOCK)
+                zmq_util.send_parts(self._sock, [peer, data])
             except zmq.Again:  # its pipe is at SNDHWM: try the others
                 continue
             except zmq.ZMQError as exc:

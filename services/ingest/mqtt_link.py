@@ -55,6 +55,7 @@ from services.ingest.explain import AUTH_REASONS, describe_connect_error, descri
 from services.ingest.forwarder import Forwarder, Inbound
 from services.ingest.metrics import Metrics
 from shared.log import RateLimitedLog
+from shared.zmq_util import POLLIN, POLLOUT
 
 logger = logging.getLogger(__name__)
 
@@ -237,12 +238,12 @@ class MqttLink:
         read, forward, ack, write. False when the MQTT connection ended."""
         client = self._client
         sock = client.socket()
-        items: list[tuple[Any, int]] = [(self._router, zmq.POLLIN)]
+        items: list[tuple[Any, int]] = [(self._router, POLLIN)]
         buffered = 0  # TLS bytes already decrypted: the poll cannot see them
         if sock is not None:
-            events = zmq.POLLOUT if client.want_write() else 0
+            events = POLLOUT if client.want_write() else 0
             if read:
-                events |= zmq.POLLIN
+                events |= POLLIN
                 buffered = pending_bytes(sock)
                 if buffered:
                     timeout = 0.0
@@ -623,4 +624,4 @@ def read_until_closed(sock: Any, seconds: float) -> None:
 
 def _readable(ready: list[tuple[Any, int]], sock: Any) -> bool:
     fd = sock.fileno()  # zmq_poll answers with the descriptor of a plain socket
-    return any(s == fd and events & zmq.POLLIN for s, events in ready)
+    return any(s == fd and events & POLLIN for s, events in ready)

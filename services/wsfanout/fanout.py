@@ -41,6 +41,7 @@ from services.wsfanout.seqtrack import Seen, SeqTracker
 from services.wsfanout.tokens import TokenError, TokenRecord, TokenStore
 from shared.frames import LEAVING, FrameError, parse_event
 from shared.log import RateLimitedLog
+from shared.zmq_util import NOBLOCK
 
 logger = logging.getLogger(__name__)
 
@@ -227,7 +228,7 @@ class Fanout:
         try:
             while n < limit and clock() - started < seconds:
                 try:
-                    parts = recv(zmq.NOBLOCK)
+                    parts = recv(NOBLOCK)
                 except zmq.Again:
                     drained = True
                     break
