@@ -118,7 +118,7 @@ def integer(low: int | None = None, high: int | None = None) -> Callable[[str], 
 port = integer(0, 65535)
 
 
-def number(low: float | None = None) -> Callable[[str], float]:
+def number(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw.strip())
@@ -128,6 +128,8 @@ def number(low: float | None = None) -> Callable[[str], float]:
             raise ValueError("must be finite")
         if low is not None and value < low:
             raise ValueError(f"must be at least {low}")
+        if high is not None and value > high:
+            raise ValueError(f"must be at most {high}")
         return value
 
     return parse

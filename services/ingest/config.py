@@ -155,6 +155,14 @@ SETTINGS = (
         "other versions use stock paho); false = always stock paho",
     ),
     Setting(
+        "MQTT_COALESCE_MS",
+        "2",
+        cfg.number(0, 100),
+        "while messages keep coming, read the broker at most once per this many ms and hand "
+        "on together what came (fewer wake-ups in every service, up to this much latency); "
+        "0 = each at once",
+    ),
+    Setting(
         "MQTT_DRAIN_TIMEOUT",
         "5",
         cfg.number(0),
@@ -219,6 +227,7 @@ class Config:
     mqtt_tls_key: str | None
     mqtt_tls_insecure: bool
     mqtt_fast_receive: bool
+    mqtt_coalesce_ms: float
     mqtt_drain_timeout: float
     zmq_raw_bind: str
     zmq_raw_sndhwm: int

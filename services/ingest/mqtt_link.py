@@ -122,6 +122,9 @@ class MqttLink:
         self._drain_until = 0.0  # monotonic deadline for forwarding what is held at a stop
         self._aborted = False  # a second signal: skip the drain
         self._drained = False
+        self._coalesce_s = config.mqtt_coalesce_ms / 1000
+        self._next_read = 0.0  # monotonic: no pass before this while messages keep coming
+        self._woke_at = 0.0  # monotonic: when the last pass's poll returned
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
@@ -250,6 +253,7 @@ class MqttLink:
             if events:
                 items.append((sock, events))
         ready = zmq.zmq_poll(items, int(timeout * 1000))
+        self._woke_at = time.monotonic()
         read_ok = True
         if sock is not None and read and (buffered or _readable(ready, sock)):
             read_ok = client.loop_read() == MQTTErrorCode.MQTT_ERR_SUCCESS
@@ -330,9 +334,24 @@ class MqttLink:
                 self._m.connect_failures.labels("timeout").inc()
                 self._say_goodbye()
                 break
-            if not self._step(self._reading(), LOOP_TIMEOUT_S):
+            if not self._coalesced_step():
                 break
         self._mark_down()
+
+    def _coalesced_step(self) -> bool:
+        """One pass, at most one per MQTT_COALESCE_MS while messages keep coming: the ones
+        that arrive meanwhile wait in the kernel and are read and handed on together. At
+        1,000 msg/s that halves the wake-ups of every thread down the pipeline (-7 to
+        -12 % of the gateway's CPU, bench/FINDINGS.md). A message after a quiet spell
+        is read at once."""
+        wait = self._next_read - time.monotonic()
+        if wait > 0:
+            self._closing.wait(wait)
+        before = self.forwarder.offered
+        ok = self._step(self._reading(), LOOP_TIMEOUT_S)
+        if self.forwarder.offered != before:
+            self._next_read = self._woke_at + self._coalesce_s
+        return ok
 
     def _say_goodbye(self) -> None:
         """DISCONNECT after whatever acks are queued (paho writes packets in order)."""

@@ -1,0 +1,56 @@
+"""MQTT_COALESCE_MS: while messages keep coming, ingest reads the broker at most once per
+window and hands on together what came; a message after a quiet spell is read at once.
+Each frame's ``ts`` is the moment ingest read its message, so the frames show the reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from tests.ingest.conftest import StartIngest
+from tests.ingest.helpers import FrameCollector, numbered, numbers
+from tests.support.broker import Broker
+from tests.support.mqtt import Publisher
+
+WINDOW_MS = 100  # the largest allowed: far above the spacing of the messages below
+SPACING_S = 0.02
+SAME_READ_MS = SPACING_S * 1000 / 2  # frames of one read are microseconds apart
+
+
+def test_messages_that_keep_coming_are_read_once_per_window_and_all_arrive_in_order(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    start_ingest(MQTT_COALESCE_MS=str(WINDOW_MS))
+    frames_out = collect()
+    pub = Publisher(broker.host, broker.port)
+    total = 40
+    for topic, payload in numbered(total):  # one every 20 ms: ~800 ms of steady traffic
+        pub.publish(topic, payload)
+        time.sleep(SPACING_S)
+    frames = frames_out.wait_numbers(range(total))
+    pub.close()
+    assert numbers(frames) == list(range(total))
+    # Consecutive frames were read in the same pass (microseconds apart) or in passes at
+    # least a window apart; read one by one they would be ~20 ms apart.
+    gaps_ms = [(b.ts - a.ts) / 1e6 for a, b in zip(frames, frames[1:], strict=False)]
+    between_reads = [g for g in gaps_ms if g >= SAME_READ_MS]
+    assert all(g < SAME_READ_MS or g >= WINDOW_MS * 0.95 for g in gaps_ms), gaps_ms
+    assert len(between_reads) < total // 4, gaps_ms  # several messages per read
+
+
+def test_a_message_after_a_quiet_spell_is_read_at_once(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    start_ingest(MQTT_COALESCE_MS=str(WINDOW_MS))
+    frames_out = collect()
+    pub = Publisher(broker.host, broker.port)
+    (first, second) = numbered(2)
+    pub.publish_all([first])
+    frames_out.wait_numbers([0])
+    time.sleep(3 * WINDOW_MS / 1000)  # quiet: the window after the last read is over
+    published = time.time_ns()
+    pub.publish_all([second])
+    frames = frames_out.wait_numbers([1])
+    pub.close()
+    # Read without waiting for a window (a window would put it >= 100 ms after publish).
+    assert (frames[1].ts - published) / 1e6 < WINDOW_MS / 2
