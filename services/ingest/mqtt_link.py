@@ -22,7 +22,9 @@ ingest's CPU at moderate rates (bench/FINDINGS.md). paho's ``loop()`` is never c
 while connected, so paho creates no socket pair, and ``on_socket_register_write`` keeps
 ``ack()`` from writing the socket itself: PUBACKs queue up and leave together.
 While the forwarder holds enough messages no decoder could take, the socket is simply
-not polled for reading (but still written: acks, keepalive pings).
+not polled for reading (but still written: acks, keepalive pings). While messages keep
+coming, a pass runs at most once per ``MQTT_COALESCE_MS`` (:meth:`MqttLink._coalesced_step`),
+so the messages of a few milliseconds travel down the pipeline together.
 
 The client is :class:`services.ingest.fast_paho.FastClient` (larger reads, cheaper v5
 properties) on the paho versions it was tested with, stock paho otherwise or with
