@@ -92,7 +92,6 @@ class Forwarder:
         self._m = metrics
         self._confirm_timeout = confirm_timeout
         self._seq = 0
-        self.offered = 0  # messages received so far (MqttLink's coalescing watches it)
         self.pending: deque[Inbound] = deque()  # received, waiting for a decoder's credit
         self._blocked_at: float | None = None  # since when no decoder could take a frame
         self._noticed = False  # that wait was long enough to be logged
@@ -110,7 +109,6 @@ class Forwarder:
 
     def offer(self, item: Inbound) -> None:
         self.pending.append(item)
-        self.offered += 1
 
     def work(self) -> None:
         """Read the decoders' control messages, hand on what credit allows, ack what is

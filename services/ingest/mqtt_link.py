@@ -127,6 +127,7 @@ class MqttLink:
         self._coalesce_s = config.mqtt_coalesce_ms / 1000
         self._next_read = 0.0  # monotonic: no pass before this while messages keep coming
         self._woke_at = 0.0  # monotonic: when the last pass's poll returned
+        self._received = 0  # messages taken from the broker (a pass that read some counts)
         self._client = self._make_client()
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
@@ -349,9 +350,9 @@ class MqttLink:
         wait = self._next_read - time.monotonic()
         if wait > 0:
             self._closing.wait(wait)
-        before = self.forwarder.offered
+        before = self._received
         ok = self._step(self._reading(), LOOP_TIMEOUT_S)
-        if self.forwarder.offered != before:
+        if self._received != before:
             self._next_read = self._woke_at + self._coalesce_s
         return ok
 
@@ -554,6 +555,7 @@ class MqttLink:
                     self._conn,
                 )
             )
+            self._received += 1
             self._m.received.inc()
         except Exception:
             self._callback_failed("on_message")

@@ -368,10 +368,10 @@ class Fanout:
         is written at the end of the batch or the coalescing delay (:meth:`_write_out`);
         the others queue the event and wait for their socket to drain. A client already
         holding frames from this batch passed every check of ``Client.deliver`` then, and
-        since only its bytes grew, so the checks are skipped while the bytes fit (7 % of
-        the fan-out's CPU per event with 50 clients, bench/wsfanout_bench.py). Unless a
-        relay started since (a reply, a new filter): what follows must then queue behind
-        what the relay sends."""
+        only its bytes have grown since: the checks are skipped while the bytes fit (7 % of
+        the fan-out's CPU per event with 50 clients, bench/wsfanout_bench.py), unless a
+        relay started meanwhile (a reply, a new filter), for what follows must then queue
+        behind what the relay sends."""
         size = len(entry.text)
         frame: bytes | None = None
         dirty = self._dirty
