@@ -15,13 +15,24 @@ message was paho's network thread, mostly in two places that do work ingest neve
    from that, and handles every packet already read before paho's loop goes back to
    ``select()`` (which sees the kernel's buffer, not ours).
 
-3. paho writes each queued packet with its own ``send()``. ingest acks in lumps (a
+3. Even then, paho's reader costs ~50 µs per PUBLISH in Python: a state machine over
+   1-byte reads, an ``MQTTMessage``, a ``Properties``, a topic-filter match and two
+   locks per message. A client given :attr:`FastClient.on_plain_publish` takes every
+   complete PUBLISH at the head of its buffer that paho would deliver as-is (QoS 0 or 1,
+   a topic, no v5 properties: ChirpStack's uplinks; QoS 1 only with manual acks, as
+   ingest uses) with :func:`plain_publish`, a pure
+   function, and hands topic, payload and flags straight to that callback. Anything else
+   (other packet types, properties, QoS 2, a packet cut by the read, malformed bytes)
+   goes through paho's own reader exactly as before.
+
+4. paho writes each queued packet with its own ``send()``. ingest acks in lumps (a
    decoder's credit confirms many frames at once), so :class:`FastClient` joins the
    PUBACKs at the head of the queue into one write: one system call and one wake-up of
    the broker instead of one per message.
 
-All three lean on paho internals (``_sock_recv``, ``_sock_close``, ``_packet_write`` and
-its packet dicts, where ``decode_publish`` finds ``Properties``), so :func:`client_class`
+All four lean on paho internals (``_sock_recv``, ``_sock_close``, ``_packet_read`` and its
+``_in_packet`` state, ``_packet_write`` and its packet dicts, where ``decode_publish``
+finds ``Properties``), so :func:`client_class`
 uses them only on paho versions they were tested with (:data:`TESTED`) and otherwise
 returns the stock client, saying so once. The Properties class is swapped process-wide
 (paho offers no per-client hook for it): it is a subclass that decodes the same values,
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -50,6 +62,57 @@ READ_SIZE = 64 * 1024  # one recv() takes whatever the kernel holds, up to this
 # sending.
 READS_PER_LOOP = 4
 PUBACK = 0x40  # MQTT packet type, the high nibble of the first byte
+# (topic, payload, qos, mid, dup, retain): the topic as the broker sent it (UTF-8 bytes).
+PlainPublish = Callable[[bytes, bytes, int, int, bool, bool], None]
+
+
+def plain_publish(
+    buf: bytes, pos: int, v5: bool, qos1: bool = True
+) -> tuple[int, bytes, bytes, int, int, bool, bool] | None:
+    """The PUBLISH packet at ``buf[pos:]`` as ``(end, topic, payload, qos, mid, dup,
+    retain)`` if it is whole in ``buf`` and plain: QoS 0 or (``qos1``) 1, a non-empty topic
+    and, in MQTT v5, no properties. None for anything else, which paho's reader then takes
+    (and refuses, if malformed)."""
+    end = len(buf)
+    if pos >= end:
+        return None
+    header = buf[pos]
+    kind = header & 0xF6  # packet type and QoS (DUP and RETAIN masked off)
+    if kind != 0x30 and (kind != 0x32 or not qos1):  # PUBLISH at QoS 0, or 1
+        return None
+    i = pos + 1
+    length = 0
+    shift = 0
+    while True:  # the remaining length: a variable integer of at most 4 bytes
+        if i >= end or shift > 21:
+            return None
+        byte = buf[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+    stop = i + length
+    if stop > end or length < 2:
+        return None
+    topic_end = i + 2 + ((buf[i] << 8) | buf[i + 1])
+    if topic_end == i + 2:  # empty: a v5 topic alias (which has properties) or an error
+        return None
+    p = topic_end
+    qos = (header >> 1) & 3
+    mid = 0
+    if qos:
+        if p + 2 > stop:
+            return None
+        mid = (buf[p] << 8) | buf[p + 1]
+        p += 2
+    if v5:
+        if p >= stop or buf[p] != 0:  # properties follow: paho decodes them
+            return None
+        p += 1
+    if p > stop:
+        return None
+    return stop, buf[i + 2 : topic_end], buf[p:stop], qos, mid, bool(header & 8), bool(header & 1)
 
 
 class FastProperties(Properties):
@@ -90,6 +153,12 @@ class FastClient(mqtt.Client):
         self._rbuf = b""  # bytes read from the socket and not yet handed to paho
         self._rpos = 0  # how much of _rbuf paho has taken
         self._reads_left = READS_PER_LOOP
+        # Where plain PUBLISH packets go, instead of on_message (None: all go to paho).
+        self.on_plain_publish: PlainPublish | None = None
+        # When bytes last came in, for the keepalive (paho 2.2's name, or 2.1's).
+        self._received_at = (
+            "_last_bytes_received" if hasattr(self, "_last_bytes_received") else "_last_msg_in"
+        )
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf = self._rbuf
@@ -127,6 +196,72 @@ class FastClient(mqtt.Client):
         while self._rbuf and rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._sock is not None:
             rc = super().loop_read(max_packets)
         return rc
+
+    def _packet_read(self) -> MQTTErrorCode:
+        # Between packets, plain PUBLISHes are taken here, as many as the buffer holds
+        # whole (refilling it while reads are left); the first packet that is not one, or
+        # not whole yet, is paho's. paho's loop_read maps AGAIN to success.
+        if self.on_plain_publish is None or self._in_packet["command"] != 0:
+            return super()._packet_read()
+        handled = 0
+        while True:
+            if not self._rbuf:
+                rc = self._fill()
+                if rc is not None:
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS if handled else rc
+            taken = self._plain_publishes()
+            handled += taken
+            if not taken or self._rbuf:
+                return super()._packet_read()
+
+    def _fill(self) -> MQTTErrorCode | None:
+        """Read the next chunk into the empty buffer; None when it did, else why not (as
+        paho's reader reports it)."""
+        if self._reads_left <= 0:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        self._reads_left -= 1
+        try:
+            data: bytes = super()._sock_recv(READ_SIZE)
+        except BlockingIOError:
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError as err:
+            self._easy_log(mqtt.MQTT_LOG_ERR, "failed to receive on socket: %s", err)
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if not data:
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        self._rbuf = data
+        self._rpos = 0
+        return None
+
+    def _plain_publishes(self) -> int:
+        """Deliver the plain PUBLISH packets whole at the head of the buffer; how many."""
+        deliver = self.on_plain_publish
+        assert deliver is not None
+        buf = self._rbuf
+        pos = self._rpos
+        end = len(buf)
+        v5 = self._protocol == mqtt.MQTTv5
+        # Without manual acks paho acks a QoS 1 message itself: leave those to it.
+        qos1 = self._manual_ack
+        n = 0
+        try:
+            while pos < end:
+                packet = plain_publish(buf, pos, v5, qos1)
+                if packet is None:
+                    break
+                pos = packet[0]
+                n += 1
+                deliver(packet[1], packet[2], packet[3], packet[4], packet[5], packet[6])
+        finally:
+            if pos >= end:
+                self._rbuf = b""
+                self._rpos = 0
+            else:
+                self._rpos = pos
+            if n:
+                with self._msgtime_mutex:
+                    setattr(self, self._received_at, mqtt.time_func())
+        return n
 
     def _packet_write(self) -> MQTTErrorCode:
         out = self._out_packet
@@ -178,7 +313,7 @@ def unsupported_reason(version: str) -> str | None:
     home = _properties_home()
     if getattr(home, "Properties", None) not in (Properties, FastProperties):
         return f"{home.__name__}.Properties is not paho's Properties class"
-    for name in ("_sock_recv", "_sock_close", "loop_read", "_packet_write"):
+    for name in ("_sock_recv", "_sock_close", "loop_read", "_packet_read", "_packet_write"):
         if not callable(getattr(mqtt.Client, name, None)):
             return f"paho-mqtt {version} has no Client.{name}"
     return None

@@ -201,6 +201,8 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        if isinstance(client, fast_paho.FastClient):
+            client.on_plain_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
         client.on_socket_open = lambda _client, _userdata, sock: set_nodelay(sock)
         client.on_socket_register_write = lambda _client, _userdata, _sock: None
@@ -529,9 +531,17 @@ class MqttLink:
             self._callback_failed("on_subscribe")
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        """paho's delivery (messages with v5 properties, QoS 2, or the stock client)."""
+        self._on_publish(
+            getattr(msg, "_topic", b""), bytes(msg.payload), msg.qos, msg.mid, msg.dup, msg.retain
+        )
+
+    def _on_publish(
+        self, topic: bytes, payload: bytes, qos: int, mid: int, dup: bool, retain: bool
+    ) -> None:
+        """One message from the broker: the fast client calls this for plain PUBLISHes."""
         try:
             ts = time.time_ns()
-            qos = msg.qos
             if not self._accepting:
                 # Shutting down: not acked, so the broker redelivers it next time (QoS 1).
                 if qos:
@@ -539,36 +549,26 @@ class MqttLink:
                 else:
                     self._m.dropped.labels("shutdown").inc()
                 return
+            name = self._topic_text(topic)
             if qos == 0:
                 self._m.qos0.inc()
-                self._warn_qos0_once(msg)
-            if msg.dup:
+                self._warn_qos0_once(name)
+            if dup:
                 self._m.redelivered.inc()
-            self.forwarder.offer(
-                Inbound(
-                    msg.mid,
-                    qos,
-                    self._topic_of(msg),
-                    bytes(msg.payload),
-                    bool(msg.retain),
-                    ts,
-                    self._conn,
-                )
-            )
+            self.forwarder.offer(Inbound(mid, qos, name, payload, bool(retain), ts, self._conn))
             self._received += 1
             self._m.received.inc()
         except Exception:
             self._callback_failed("on_message")
 
-    def _topic_of(self, msg: mqtt.MQTTMessage) -> str:
+    def _topic_text(self, topic: bytes) -> str:
         try:
-            return msg.topic
+            return topic.decode("utf-8")
         except UnicodeDecodeError:  # brokers should refuse these; keep the message anyway
             self._rate_limited.warning("topic_utf8", "⚠️ A message topic is not valid UTF-8")
-            raw: bytes = getattr(msg, "_topic", b"")
-            return raw.decode("utf-8", errors="replace")
+            return topic.decode("utf-8", errors="replace")
 
-    def _warn_qos0_once(self, msg: mqtt.MQTTMessage) -> None:
+    def _warn_qos0_once(self, topic: str) -> None:
         if self._qos0_warned or self._cfg.mqtt_qos == 0:
             return
         self._qos0_warned = True
@@ -576,7 +576,7 @@ class MqttLink:
             "⚠️ Messages arrive at QoS 0 (first on %r): the publisher sends QoS 0, so the "
             "broker will not keep them while ingest is away. For ChirpStack set "
             "[integration.mqtt] qos=1 in chirpstack.toml",
-            msg.topic,
+            topic,
         )
 
     def _on_disconnect(
