@@ -363,12 +363,13 @@ class Worker:
 
     def batch(self, link: RawLink) -> int:
         """Handle up to BATCH frames already queued on ``link``; the number handled."""
-        recv = link.sock.recv_multipart
+        sock = link.sock
+        recv = zmq_util.recv_parts
         outgoing: list[list[bytes]] = []
         count = 0
         for _ in range(BATCH):
             try:
-                parts = recv(zmq_util.NOBLOCK)
+                parts = recv(sock)
             except zmq.Again:
                 break
             if len(parts) == 2 and rawlink.is_stopped(parts):

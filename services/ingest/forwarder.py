@@ -204,7 +204,7 @@ class Forwarder:
         sock = self._sock
         while zmq_util.readable(sock):
             try:
-                parts = sock.recv_multipart(zmq_util.NOBLOCK)
+                parts = zmq_util.recv_parts(sock)
             except zmq.Again:
                 return
             self._control(parts[0], parts[1:])

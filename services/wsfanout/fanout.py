@@ -14,6 +14,7 @@ are synchronous on purpose:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from bisect import bisect_right
@@ -41,7 +42,7 @@ from services.wsfanout.seqtrack import Seen, SeqTracker
 from services.wsfanout.tokens import TokenError, TokenRecord, TokenStore
 from shared.frames import LEAVING, FrameError, parse_event
 from shared.log import RateLimitedLog
-from shared.zmq_util import NOBLOCK
+from shared.zmq_util import NOBLOCK, recv_parts
 
 logger = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class Fanout:
         ``zmq.Again`` (which re-arms it); a batch cut short by its bounds is continued by
         a callback scheduled at once, after the other tasks had their turn."""
         loop = asyncio.get_running_loop()
-        recv = sock.recv_multipart
+        recv = functools.partial(recv_parts, sock)
         fd = sock.fileno()  # ZMQ_FD
         failed: asyncio.Future[None] = loop.create_future()
         more: asyncio.Handle | None = None
@@ -192,7 +193,8 @@ class Fanout:
     def drain(self, sock: zmq.Socket[bytes], limit: int = 100_000) -> int:
         """Handle every frame already received (at shutdown, before the socket closes:
         frames the I/O thread has taken from the decoders' queues would be lost otherwise)."""
-        return self._take(sock.recv_multipart, limit, float("inf"), coalesce=False)[0]
+        recv = functools.partial(recv_parts, sock)
+        return self._take(recv, limit, float("inf"), coalesce=False)[0]
 
     async def hand_off(
         self, sock: zmq.Socket[bytes], peers: Callable[[], int], seconds: float

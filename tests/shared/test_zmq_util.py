@@ -95,3 +95,19 @@ def test_send_parts_to_an_unknown_router_peer_fails_and_sends_nothing(
     zmq_util.send_parts(router, [b"known", b"frame"])
     assert dealer.recv_multipart() == [b"frame"]
     assert not zmq_util.readable(dealer)
+
+
+def test_recv_parts_returns_each_message_whole_and_in_order_then_again(ctx: Sockets) -> None:
+    tx, rx = _pair(ctx, hwm=100)
+    sent = [[b"key", b"", b"body"], [b"single"], [b"a", b"b"], [b"x" * 70_000, b"y"]]
+    for parts in sent:
+        tx.send_multipart(parts)
+    got = []
+    while len(got) < len(sent):
+        try:
+            got.append(zmq_util.recv_parts(rx))
+        except zmq.Again:  # inproc delivers at once, but allow the pipe a moment
+            assert rx.poll(1000, zmq.POLLIN)
+    assert got == sent
+    with pytest.raises(zmq.Again):  # nothing left: and no part of a message was kept back
+        zmq_util.recv_parts(rx)
