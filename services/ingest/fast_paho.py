@@ -205,10 +205,13 @@ class FastClient(mqtt.Client):
             return super()._packet_read()
         handled = 0
         while True:
+            if self._sock is None:  # closed by a callback
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
             if not self._rbuf:
                 rc = self._fill()
-                if rc is not None:
-                    return MQTTErrorCode.MQTT_ERR_SUCCESS if handled else rc
+                if rc is not None:  # nothing more for now, or the connection failed
+                    again = rc == MQTTErrorCode.MQTT_ERR_AGAIN
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS if handled and again else rc
             taken = self._plain_publishes()
             handled += taken
             if not taken or self._rbuf:
@@ -252,8 +255,12 @@ class FastClient(mqtt.Client):
                 pos = packet[0]
                 n += 1
                 deliver(packet[1], packet[2], packet[3], packet[4], packet[5], packet[6])
+                if self._rbuf is not buf:  # the callback closed the socket: bytes dropped
+                    break
         finally:
-            if pos >= end:
+            if self._rbuf is not buf:
+                pass  # the callback closed the socket, which dropped the buffer
+            elif pos >= end:
                 self._rbuf = b""
                 self._rpos = 0
             else:

@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from services.ingest.fast_paho import FastClient, plain_publish
-from tests.ingest.test_fast_paho import BIG
+from tests.ingest.test_fast_paho import BIG, manual_ack_session, pump
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.timing import seconds, wait_for
@@ -296,3 +296,34 @@ def test_a_retained_message_keeps_its_flag(broker: Broker) -> None:
         ("plain/retained", b"kept", 1, True, "plain"),
         ("plain/live", b"live", 0, False, "plain"),
     ]
+
+
+def test_a_callback_that_closes_the_socket_gets_nothing_more_from_that_connection(
+    broker: Broker,
+) -> None:
+    # A persistent session's backlog arrives in one rush: many packets per read.
+    client_id = f"plain-close-{uuid.uuid4().hex[:8]}"
+    first, _ = manual_ack_session(broker, client_id)
+    first.disconnect()
+    pump(first, lambda: first.socket() is None, "the DISCONNECT written")
+    pub = Publisher(broker.host, broker.port)
+    try:
+        pub.publish_all([(f"acks/{i}", b"%d" % i) for i in range(100)])
+    finally:
+        pub.close()
+    client = FastClient(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5, manual_ack=True
+    )
+    got: list[bytes] = []
+
+    def close_at_first(_t: bytes, payload: bytes, *_rest: object) -> None:
+        got.append(payload)
+        client._sock_close()  # as paho does on a socket error
+
+    client.on_plain_publish = close_at_first
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = 300
+    client.connect(broker.host, broker.port, clean_start=False, properties=props)
+    wait_for(lambda: client.loop(0.05) != 0 or client.socket() is None, 30, "the close")
+    assert got == [b"0"]  # nothing after the close, from the bytes already read
+    assert client._rbuf == b""
