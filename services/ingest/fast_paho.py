@@ -15,15 +15,14 @@ message was paho's network thread, mostly in two places that do work ingest neve
    from that, and handles every packet already read before paho's loop goes back to
    ``select()`` (which sees the kernel's buffer, not ours).
 
-3. Even then, paho's reader costs ~50 µs per PUBLISH in Python: a state machine over
+3. Even then, paho's reader cost ~50 µs per PUBLISH in Python: a state machine over
    1-byte reads, an ``MQTTMessage``, a ``Properties``, a topic-filter match and two
-   locks per message. A client given :attr:`FastClient.on_plain_publish` takes every
-   complete PUBLISH at the head of its buffer that paho would deliver as-is (QoS 0 or 1,
-   a topic, no v5 properties: ChirpStack's uplinks; QoS 1 only with manual acks, as
-   ingest uses) with :func:`plain_publish`, a pure
-   function, and hands topic, payload and flags straight to that callback. Anything else
-   (other packet types, properties, QoS 2, a packet cut by the read, malformed bytes)
-   goes through paho's own reader exactly as before.
+   locks per message. A client given :attr:`FastClient.on_plain_publish` reads every
+   whole PUBLISH at the head of its buffer that paho would deliver as it is (QoS 0, or 1
+   when acks are manual as in ingest; a topic; no v5 properties: ChirpStack's uplinks)
+   with :func:`plain_publish`, a pure function, and hands topic, payload and flags
+   straight to that callback. Anything else (other packet types, properties, QoS 2, a
+   packet cut by the read, malformed bytes) goes through paho's own reader as before.
 
 4. paho writes each queued packet with its own ``send()``. ingest acks in lumps (a
    decoder's credit confirms many frames at once), so :class:`FastClient` joins the
