@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from services.ingest.fast_paho import FastClient, plain_publish
-from tests.ingest.test_fast_paho import BIG, manual_ack_session, pump
+from tests.ingest.test_fast_paho import BIG, manual_ack_session, packed, pump
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.timing import seconds, wait_for
@@ -57,14 +57,6 @@ def paho_reads(header: int, body: bytes, v5: bool) -> tuple[object, ...]:
     except Exception as exc:  # noqa: BLE001 (the type is what we compare)
         return ("refused", type(exc))
     return bytes(got.topic), bytes(got.payload), got.qos, got.mid, got.dup, got.retain
-
-
-def property_block(values: dict[str, object]) -> bytes:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    for name, value in values.items():
-        setattr(props, name, value)
-    data: bytes = props.pack()  # type: ignore[no-untyped-call]
-    return data
 
 
 publishes = st.fixed_dictionaries(
@@ -119,7 +111,7 @@ publishes = st.fixed_dictionaries(
 )
 def test_what_it_takes_paho_reads_alike_and_only_plain_packets(p: dict[str, object]) -> None:
     v5 = bool(p["v5"])
-    props = property_block(p["props"]) if v5 else None  # type: ignore[arg-type]
+    props = packed(p["props"]) if v5 else None  # type: ignore[arg-type]
     header, body, packet = publish_packet(
         p["topic"],
         p["payload"],
