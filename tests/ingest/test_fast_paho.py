@@ -133,16 +133,20 @@ class Subscriber:
 
 
 def publish_with_properties(
-    pub: Publisher, items: list[tuple[str, bytes, dict[str, object]]]
+    pub: Publisher,
+    items: list[tuple[str, bytes, dict[str, object]]],
+    qos: list[int] | None = None,
 ) -> None:
+    """Publish each item with its v5 properties, at QoS 1 or ``qos[i]``; wait for all."""
     infos = []
-    for topic, payload, values in items:
+    for i, (topic, payload, values) in enumerate(items):
         props = None
         if values:
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             for name, value in values.items():
                 setattr(props, name, value)
-        infos.append(pub.client.publish(topic, payload, qos=1, properties=props))
+        level = 1 if qos is None else qos[i]
+        infos.append(pub.client.publish(topic, payload, qos=level, properties=props))
     for info in infos:
         info.wait_for_publish(seconds(30))
         assert info.is_published()

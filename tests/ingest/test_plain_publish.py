@@ -17,7 +17,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from services.ingest.fast_paho import FastClient, plain_publish
-from tests.ingest.test_fast_paho import BIG, manual_ack_session, packed, pump
+from tests.ingest.test_fast_paho import (
+    BIG,
+    manual_ack_session,
+    packed,
+    publish_with_properties,
+    pump,
+)
 from tests.support.broker import Broker
 from tests.support.mqtt import Publisher
 from tests.support.timing import seconds, wait_for
@@ -238,16 +244,9 @@ def test_a_mixed_stream_arrives_once_whole_and_in_order_on_a_real_broker(broker:
         sub = PlainSubscriber(broker, protocol)
         pub = Publisher(broker.host, broker.port)
         try:
-            infos = []
-            for topic, payload, qos, values in items:
-                properties = None
-                if values:
-                    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                    for name, value in values.items():
-                        setattr(properties, name, value)
-                infos.append(pub.client.publish(topic, payload, qos=qos, properties=properties))
-            for info in infos:
-                info.wait_for_publish(seconds(30))
+            publish_with_properties(
+                pub, [(t, p, values) for t, p, _q, values in items], [q for _t, _p, q, _ in items]
+            )
             wait_for(lambda s=sub: len(s.got) >= len(items), 60, "every message")
         finally:
             pub.close()
