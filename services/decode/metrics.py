@@ -61,11 +61,13 @@ class Metrics:
         self._error_children = {reason: self._errors.labels(reason) for reason in REASONS}
         self._dropped_children = {reason: self._dropped.labels(reason) for reason in FRAME_REASONS}
 
-    def event(self, name: str) -> None:
-        child = self._event_children.get(name)
-        if child is None:
-            child = self._event_children[name] = self._events.labels(name)
-        child.inc()
+    def events(self, counts: dict[str, int]) -> None:
+        """Count published events, ``{event name: how many}``."""
+        for name, n in counts.items():
+            child = self._event_children.get(name)
+            if child is None:
+                child = self._event_children[name] = self._events.labels(name)
+            child.inc(n)
 
     def error(self, reason: str) -> None:
         child = self._error_children.get(reason)

@@ -204,6 +204,9 @@ class Worker:
         self.grant_lump = max(1, credit // 2)
         self.clock = clock
         self.handled = 0
+        # Events per name in the current batch, counted into the metrics once per batch:
+        # a labelled counter's inc() per event was ~4 % of decode's CPU.
+        self._counted: dict[str, int] = {}
         self.subscribers = 0  # SUBSCRIBE messages seen on the XPUB
         self.pending: list[list[bytes]] = []  # events the XPUB could not take yet
         self._warn = RateLimitedLog(logger)
@@ -383,6 +386,8 @@ class Worker:
             self.handled += count
             link.owed += count
             self.metrics.frames.inc(count)
+            self.metrics.events(self._counted)
+            self._counted.clear()
         self.pending = outgoing
         self.flush()
         return count
@@ -528,7 +533,8 @@ class Worker:
             self.metrics.error("internal")
             name = "error"
             parts = event_parts(event)
-        self.metrics.event(name)
+        counted = self._counted
+        counted[name] = counted.get(name, 0) + 1
         return parts
 
     def _bad_frame(self, exc: FrameError, data: bytes | None) -> list[bytes] | None:
