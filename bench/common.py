@@ -99,13 +99,23 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and
-    iowait), to tell how much of the machine other processes took during a run."""
+def cpu_times(stat_line: str) -> tuple[float, float]:
+    """The first line of /proc/stat → (seconds the cores were busy, seconds stolen).
+
+    Busy is user, nice, system, irq and softirq (guest time is inside user). Steal is
+    time the hypervisor gave this virtual machine's cores to other machines: neither our
+    processes nor anyone else's here, so it is counted apart."""
+    fields = [int(x) for x in stat_line.split()[1:]]
+    fields += [0] * (8 - len(fields))
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+    return busy / CLK_TCK, fields[7] / CLK_TCK
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of all cores since boot, to tell how much of the machine
+    other processes, and the hypervisor, took during a run."""
     with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / CLK_TCK
+        return cpu_times(f.readline())
 
 
 def pss_kib(pid: int) -> int:

@@ -25,7 +25,7 @@ from bench.common import (
     PYTHON,
     ROOT,
     cpu_seconds,
-    machine_busy_seconds,
+    machine_cpu_seconds,
     memory_kib,
     percentile,
     pss_kib,
@@ -137,6 +137,7 @@ class Measurement:
     client_cpu_util_max: float = 0.0
     load_cores: float = 0.0  # publishers + clients, in cores over the window
     other_cores: float = 0.0  # everything else on the machine (other people's work), in cores
+    steal_cores: float = 0.0  # cores the hypervisor gave to other virtual machines
     limits: list[str] = field(default_factory=list)
 
     @property
@@ -350,7 +351,7 @@ class Session:
         time.sleep(max(0.0, (start_at - time.monotonic_ns()) / 1e9))
         cpu0 = {name: cpu_seconds(pid) for name, pid in sut.items()}
         broker0 = cpu_seconds(broker_pid)
-        busy0 = machine_busy_seconds()
+        busy0, steal0 = machine_cpu_seconds()
         t0 = time.monotonic()
 
         expected_secs = count / rate if rate else count / 5000
@@ -361,7 +362,8 @@ class Session:
         self._drain(m.expected, idle=self.options.drain_idle, cap=drain_cap)
 
         m.wall_s = time.monotonic() - t0
-        busy = machine_busy_seconds() - busy0
+        busy1, steal1 = machine_cpu_seconds()
+        busy, steal = busy1 - busy0, steal1 - steal0
         cpu1 = {name: cpu_seconds(pid) for name, pid in sut.items()}
         m.broker_cpu_s = cpu_seconds(broker_pid) - broker0
         stop_sampling.set()
@@ -418,6 +420,7 @@ class Session:
             + client_cpu
         )
         m.other_cores = max(0.0, (busy - own) / max(m.wall_s, 1e-9))
+        m.steal_cores = max(0.0, steal / max(m.wall_s, 1e-9))
         m.limits = self._limits(m, results)
         return m
 
@@ -441,6 +444,8 @@ class Session:
             notes.append(f"the load generator took {m.load_cores:.1f} of the machine's cores")
         if m.other_cores > 0.25:
             notes.append(f"other processes on the machine used {m.other_cores:.1f} cores")
+        if m.steal_cores > 0.25:
+            notes.append(f"the hypervisor took {m.steal_cores:.1f} cores (steal)")
         if m.closed_clients:
             notes.append(f"{m.closed_clients} clients were disconnected")
         return notes

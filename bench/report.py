@@ -222,7 +222,8 @@ def scenario_tables(sc: dict[str, Any], systems: list[str]) -> list[str]:
             load = (
                 f"{m.get('load_cores', 0):.2f} cores (publishers ≤ {m['pub_cpu_util_max']:.0%} of a core each, "
                 f"client processes ≤ {m['client_cpu_util_max']:.0%}); other work on the machine: "
-                f"{m.get('other_cores', 0):.2f} cores"
+                f"{m.get('other_cores', 0):.2f} cores; stolen by the hypervisor: "
+                f"{m.get('steal_cores', 0):.2f} cores"
             )
             limits = "; ".join(m.get("limits") or []) or "none seen"
             notes.append(
