@@ -159,8 +159,8 @@ SETTINGS = (
         "2",
         cfg.number(0, 100),
         "while messages keep coming, read the broker at most once per this many ms and hand "
-        "on together what came (fewer wake-ups in every service, up to this much latency); "
-        "0 = each at once",
+        "on together what came (fewer wake-ups in every service, up to this much latency; "
+        "twice this while each read brings 8 or more); 0 = each at once",
     ),
     Setting(
         "MQTT_DRAIN_TIMEOUT",

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from services.ingest.mqtt_link import BUSY_PASS
+from shared.frames import RawFrame
 from tests.ingest.conftest import StartIngest
 from tests.ingest.helpers import FrameCollector, numbered, numbers
 from tests.support.broker import Broker
@@ -54,3 +56,47 @@ def test_a_message_after_a_quiet_spell_is_read_at_once(
     pub.close()
     # Read without waiting for a window (a window would put it >= 100 ms after publish).
     assert (frames[1].ts - published) / 1e6 < WINDOW_MS / 2
+
+
+def reads(frames: list[RawFrame], same_read_ms: float) -> list[list[RawFrame]]:
+    """The frames grouped by the pass that read them (frames of one pass are microseconds
+    apart; passes are at least a window apart)."""
+    groups = [[frames[0]]]
+    for a, b in zip(frames, frames[1:], strict=False):
+        if (b.ts - a.ts) / 1e6 < same_read_ms:
+            groups[-1].append(b)
+        else:
+            groups.append([b])
+    return groups
+
+
+def test_the_window_doubles_after_a_busy_read_and_not_after_a_light_one(
+    broker: Broker, start_ingest: StartIngest, collect: Callable[..., FrameCollector]
+) -> None:
+    window_ms = 40
+    start_ingest(MQTT_COALESCE_MS=str(window_ms))
+    frames_out = collect()
+    pub = Publisher(broker.host, broker.port)
+    total = 240
+    for i, (topic, payload) in enumerate(numbered(total)):
+        pub.publish(topic, payload)
+        # 160 messages ~2.5 ms apart (16 per window: busy reads), then 80 ~12 ms apart
+        # (3 or 4 per window: light reads).
+        time.sleep(0.0025 if i < 160 else 0.012)
+    frames = frames_out.wait_numbers(range(total))
+    pub.close()
+    assert numbers(frames) == list(range(total))
+    groups = reads(frames, same_read_ms=1.0)
+    gaps = [
+        (len(prev), (nxt[0].ts - prev[0].ts) / 1e6)
+        for prev, nxt in zip(groups, groups[1:], strict=False)
+    ]
+    after_busy = [gap for size, gap in gaps if size >= BUSY_PASS]
+    after_light = [gap for size, gap in gaps if size < BUSY_PASS]
+    assert len(after_busy) >= 3 and len(after_light) >= 3, gaps
+    # A read starts no sooner than one window after the last (two after a busy one).
+    assert all(gap >= 2 * window_ms * 0.95 for gap in after_busy), gaps
+    assert all(gap >= window_ms * 0.95 for gap in after_light), gaps
+    # Once the stream is light again the window is back to one: reads ~40 ms apart
+    # (a doubled window would put every light read >= 76 ms after the one before).
+    assert min(after_light) < 2 * window_ms * 0.95, gaps
