@@ -32,15 +32,20 @@ def readable(sock: zmq.Socket) -> bool:  # type: ignore[type-arg]
     return bool(int(sock.getsockopt(EVENTS)) & POLLIN)
 
 
+# pyzmq's ``Socket.send`` is a Python wrapper (routing ids and groups of draft sockets)
+# around the compiled one; calling that directly costs 0.3 instead of 0.9 µs per part.
+_send = zmq.backend.Socket.send
+
+
 def send_parts(sock: zmq.Socket, parts: list[bytes], flags: int = NOBLOCK) -> None:  # type: ignore[type-arg]
-    """``send_multipart`` without its enum arithmetic per part (two parts: 3.8 -> 1.7 µs
-    in a hot loop). Just as atomic: ZeroMQ takes a multipart message whole, or, when the
-    first part fails (``zmq.Again``, ``EHOSTUNREACH``), nothing of it."""
-    send = sock.send
+    """``send_multipart`` without its enum arithmetic per part and pyzmq's Python wrapper
+    (two parts: 3.8 -> 0.7 µs in a hot loop). Just as atomic: ZeroMQ takes a multipart
+    message whole, or, when the first part fails (``zmq.Again``, ``EHOSTUNREACH``),
+    nothing of it."""
     more = flags | SNDMORE
     for part in parts[:-1]:
-        send(part, more)
-    send(parts[-1], flags)
+        _send(sock, part, more)
+    _send(sock, parts[-1], flags)
 
 
 def recv_parts(sock: zmq.Socket, flags: int = NOBLOCK) -> list[bytes]:  # type: ignore[type-arg]
