@@ -12,7 +12,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from bench.load import publisher
 from bench.payload import MARKER_KEY, TOPIC_FILTER, parse_marker
 from tests.support.broker import Broker
-from tests.support.timing import seconds
+from tests.support.timing import seconds, wait_for
 
 
 class Collector:
@@ -33,13 +33,6 @@ class Collector:
         payload = msg.payload
         start = payload.index(MARKER_KEY) + len(MARKER_KEY)
         self.markers.append(parse_marker(payload[start : payload.index(b'"', start)]))
-
-    def wait_for(self, count: int) -> None:
-        deadline = threading.Event()
-        for _ in range(int(seconds(30) / 0.05)):
-            if len(self.markers) >= count:
-                return
-            deadline.wait(0.05)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -62,7 +55,7 @@ def test_every_paced_message_arrives_once_and_groups_share_a_tick(broker: Broker
             "devices": [0, 1, 2],
         }
         result = publisher.run(spec)
-        collector.wait_for(count)
+        wait_for(lambda: len(collector.markers) >= count, timeout=30, what=f"{count} messages")
     finally:
         collector.close()
 
