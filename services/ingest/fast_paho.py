@@ -257,13 +257,12 @@ class FastClient(mqtt.Client):
                 if self._rbuf is not buf:  # the callback closed the socket: bytes dropped
                     break
         finally:
-            if self._rbuf is not buf:
-                pass  # the callback closed the socket, which dropped the buffer
-            elif pos >= end:
-                self._rbuf = b""
-                self._rpos = 0
-            else:
-                self._rpos = pos
+            if self._rbuf is buf:  # else a callback closed the socket, dropping the buffer
+                if pos >= end:
+                    self._rbuf = b""
+                    self._rpos = 0
+                else:
+                    self._rpos = pos
             if n:
                 with self._msgtime_mutex:
                     setattr(self, self._received_at, mqtt.time_func())
