@@ -45,6 +45,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 
 lint: setup-test
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 lock: ## re-pin requirements*.txt from the bounds in pyproject.toml

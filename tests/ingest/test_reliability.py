@@ -169,7 +169,11 @@ class StalledDecoder:
     def __init__(self, endpoint: str, credit: int) -> None:
         self.ctx = zmq.Context()
         self.dealer = CreditDealer(self.ctx, endpoint, credit=credit, rcvhwm=5)
-        wait_for(lambda: bool(self.dealer.service(50) or self.dealer.connects), 20, "a grant")
+        try:
+            wait_for(lambda: bool(self.dealer.service(50) or self.dealer.connects), 20, "a grant")
+        except BaseException:  # no grant: closed here, the caller never gets it to close
+            self.close()
+            raise
 
     def close(self) -> None:
         self.dealer.close()
@@ -236,9 +240,11 @@ def test_a_disconnected_decoder_releases_its_acks_at_once(
     port = free_port()
     ingest = start_ingest(METRICS_PORT=str(port), ZMQ_RAW_CONFIRM_TIMEOUT="600")
     stalled = StalledDecoder(ingest.env["ZMQ_RAW_BIND"], credit=100)
-    publish_and_wait_forwarded(broker, port, 100)
-    assert scrape(port)["gateway_mqtt_acks_total"] == 0
-    stalled.close()  # like a SIGKILL: the connection drops
+    try:  # closed even if this fails: its sockets would be warned about in a later test
+        publish_and_wait_forwarded(broker, port, 100)
+        assert scrape(port)["gateway_mqtt_acks_total"] == 0
+    finally:
+        stalled.close()  # like a SIGKILL: the connection drops
     wait_for(lambda: scrape(port)["gateway_mqtt_acks_total"] == 100, 20, "the acks")
     assert scrape(port)["gateway_mqtt_acks_unconfirmed_total"] == 100
     # The stream goes on, confirmed, through a decoder that works.

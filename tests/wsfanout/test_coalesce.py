@@ -148,6 +148,7 @@ def test_many_clients_with_replies_and_a_slow_one_get_every_event_once_in_order(
                 c.send({"op": "ping", "id": i})
     for c in clients:
         assert [value_of(m) for m in c.wait_events(total, timeout=30)] == list(range(1, total + 1))
+
     # The last ping is sent after the last event, so its pong may come after it: wait for it,
     # then check no pong came twice.
     def pongs() -> list[int]:

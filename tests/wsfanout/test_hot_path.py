@@ -429,12 +429,22 @@ def test_a_client_that_fell_behind_catches_up_with_every_event_in_order(start_fa
 
     async def scenario() -> list[int]:
         sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", fanout.port))
-        sock.setblocking(False)
-        ws: ClientConnection = await connect(
-            fanout.url(), sock=sock, max_queue=1, ping_interval=None
-        )
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", fanout.port))
+            sock.setblocking(False)
+            ws: ClientConnection = await connect(
+                fanout.url(), sock=sock, max_queue=1, ping_interval=None
+            )
+        except BaseException:
+            sock.close()
+            raise
+        # Closed even if what follows fails: left open, it would be collected, and warned
+        # about (an unclosed transport), in whichever test runs next.
+        async with ws:
+            return await catch_up(ws)
+
+    async def catch_up(ws: ClientConnection) -> list[int]:
         loop = asyncio.get_running_loop()
 
         def publish() -> None:
@@ -452,7 +462,6 @@ def test_a_client_that_fell_behind_catches_up_with_every_event_in_order(start_fa
                     got.append(value_of(msg))
                 if len(got) == total:
                     break
-        await ws.close()
         return got
 
     got = asyncio.run(scenario())

@@ -127,20 +127,21 @@ def test_sigterm_closes_clients_with_1001_saves_state_and_exits_0(
     feed.send(device_event(value=1))
     for client in clients:
         client.wait_events(1)
-    # and one that completed the handshake but never answers anything
-    mute = socket.create_connection(("127.0.0.1", fanout.port))
-    mute.sendall(
-        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    assert mute.recv(4096).startswith(b"HTTP/1.1 101")
-    wait_for(lambda: fanout.health()["clients"] == 4, 10, "4 clients")
+    # and one that completed the handshake but never answers anything (closed by the with
+    # even if an assert below fails: a plain socket left to the collector would raise its
+    # ResourceWarning in whichever test runs next)
+    with socket.create_connection(("127.0.0.1", fanout.port)) as mute:
+        mute.sendall(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        assert mute.recv(4096).startswith(b"HTTP/1.1 101")
+        wait_for(lambda: fanout.health()["clients"] == 4, 10, "4 clients")
 
-    assert fanout.stop() == 0
-    for client in clients:
-        wait_for(lambda c=client: close_code(c) is not None, 10, "closed")
-        assert close_code(client) == 1001
-    mute.close()
+        assert fanout.stop() == 0
+        for client in clients:
+            wait_for(lambda c=client: close_code(c) is not None, 10, "closed")
+            assert close_code(client) == 1001
     log = fanout.log()
     assert "SIGTERM received" in log and "Saved 1 buffered events" in log and "Stopped" in log
     assert (

@@ -9,14 +9,17 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.timing import seconds, wait_for
 from tests.wsfanout.helpers import Fanout, collector, device_event, value_of
+
+T = TypeVar("T")
 
 
 def rss_kib(pid: int) -> int:
@@ -70,15 +73,19 @@ def test_a_flood_gets_an_error_then_close_1008_and_others_carry_on(start_fanout,
 
 def test_slowloris_handshakes_are_dropped_at_the_open_timeout(start_fanout):
     fanout = start_fanout({"WEBSOCKET_OPEN_TIMEOUT": "1"})
-    partial = socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(15))
-    silent = socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(15))
-    partial.sendall(
-        b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-    )  # never finished
-    for sock in (partial, silent):
-        with contextlib.suppress(ConnectionResetError):  # a reset is closed too
-            assert sock.recv(1024) == b""  # the server closed it
-        sock.close()
+    # Closed by the with even if a recv times out or an assert fails (a plain socket left to
+    # the collector raises its ResourceWarning in whichever test runs next).
+    with (
+        socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(15)) as partial,
+        socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(15)) as silent,
+    ):
+        partial.sendall(
+            b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        )  # never finished
+        for sock in (partial, silent):
+            with contextlib.suppress(ConnectionResetError):  # a reset is closed too
+                assert sock.recv(1024) == b""  # the server closed it
+            sock.close()
     assert fanout.health()["clients"] == 0
 
 
@@ -112,6 +119,16 @@ def _publish(
             time.sleep(delay)
 
 
+async def closing_after(scenario: Coroutine[Any, Any, T], opened: list[ClientConnection]) -> T:
+    """``scenario``, then close the connections it put in ``opened`` whatever happened: one
+    left open when it failed would be collected, and warned about (an unclosed transport),
+    in whichever test runs next."""
+    try:
+        return await scenario
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened))
+
+
 def test_a_slow_client_among_50_is_dropped_and_closed_1013_the_50_get_everything(
     start_fanout, open_feed
 ):
@@ -134,6 +151,8 @@ def test_a_slow_client_among_50_is_dropped_and_closed_1013_the_50_get_everything
         feeds.append(open_feed(f))
         return feeds[-1]
 
+    opened: list[ClientConnection] = []  # closed even if the scenario fails
+
     async def scenario() -> dict[str, Any]:
         url = fanout.url(tenant="acme")
         got: list[list[tuple[int, float]]] = [[] for _ in range(50)]
@@ -146,10 +165,15 @@ def test_a_slow_client_among_50_is_dropped_and_closed_1013_the_50_get_everything
 
         # The slow client: a tiny receive buffer, and it never reads.
         sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", fanout.port))
-        sock.setblocking(False)
-        slow: ClientConnection = await connect(url, sock=sock, max_queue=1, ping_interval=None)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", fanout.port))
+            sock.setblocking(False)
+            slow: ClientConnection = await connect(url, sock=sock, max_queue=1, ping_interval=None)
+        except BaseException:
+            sock.close()
+            raise
+        opened.append(slow)
         cost_base = await loop.run_in_executor(None, dispatch_cost, fanout)
         rss_before = rss_kib(fanout.pid)
         rss_samples: list[int] = []
@@ -199,7 +223,7 @@ def test_a_slow_client_among_50_is_dropped_and_closed_1013_the_50_get_everything
             "cost_all": cost_all,
         }
 
-    r = asyncio.run(scenario())
+    r = asyncio.run(closing_after(scenario(), opened))
     for i, values in enumerate(r["got"]):
         assert [v for v, _ in values] == list(range(total)), (
             f"fast client {i} missed or repeated events"
@@ -231,15 +255,18 @@ def test_two_thousand_connections_idle_and_active(start_fanout, open_feed):
     fanout = start_fanout()
     feed = open_feed(fanout)
     idle_n, active_n, events = 2000, 20, 100
+    opened: list[ClientConnection] = []  # closed even if the scenario fails
 
     async def scenario() -> list[list[int]]:
         limit = asyncio.Semaphore(100)
 
         async def open_idle() -> ClientConnection:
             async with limit:
-                return await connect(
+                ws = await connect(
                     fanout.url(tenant="nobody"), ping_interval=None, open_timeout=seconds(30)
                 )
+            opened.append(ws)
+            return ws
 
         idle = await asyncio.gather(*(open_idle() for _ in range(idle_n)))
         got: list[list[int]] = [[] for _ in range(active_n)]
@@ -266,6 +293,6 @@ def test_two_thousand_connections_idle_and_active(start_fanout, open_feed):
         await asyncio.gather(*(ws.close() for ws in idle))
         return got
 
-    got = asyncio.run(scenario())
+    got = asyncio.run(closing_after(scenario(), opened))
     assert all(values == list(range(events)) for values in got)
     wait_for(lambda: fanout.health()["clients"] == 0, 30, "every connection cleaned up")
