@@ -87,7 +87,13 @@ def test_f5_ingest_sigkill_and_restart_loses_nothing_and_drops_redeliveries(
     assert out.report.lost == [], out.report.summary()
     assert out.report.duplicates == 0, out.report.summary()  # redeliveries never reach clients
     assert "session present: yes" in gw.ingest.log_text()
-    assert counters.frames_lost == 0 and counters.late == 0
+    assert counters.late == 0
+    # Frames still queued inside the killed ingest die with it. With two decoders one pipe
+    # can lose its tail while the other's next frame arrives, so the old source may show a
+    # gap (frames_lost); their messages were never acknowledged, so the broker redelivered
+    # them (lost == [] above). Each redelivery either duplicates a frame that arrived (dropped
+    # by deduplicationId) or replaces one that did not: never more gaps than that.
+    assert counters.frames_lost + counters.dup_dedup <= redelivered, (counters, redelivered)
     assert counters.source_restarts == 0  # a new process is a new source, not a restart of one
     # Whatever the fan-out got twice (a redelivery of a frame the killed ingest had already
     # forwarded) was dropped by its deduplicationId and counted, and that is all it dropped.
