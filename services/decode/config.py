@@ -104,6 +104,7 @@ SETTINGS = (
         "tenant for events without one (ChirpStack v3)",
     ),
     c.LOG_LEVEL,
+    c.CPU_SCHEDULING_POLICY,
 )
 
 
@@ -120,6 +121,7 @@ class DecodeConfig:
     metrics_port: int
     options: Options
     log_level: str
+    cpu_scheduling_policy: str
 
 
 def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig:
@@ -155,4 +157,5 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig
             limits=limits, codecs=rules, default_tenant=values["decode_default_tenant"]
         ),
         log_level=values["log_level"],
+        cpu_scheduling_policy=values["cpu_scheduling_policy"],
     )

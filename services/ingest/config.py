@@ -202,6 +202,7 @@ SETTINGS = (
     Setting("METRICS_HOST", "127.0.0.1", cfg.non_empty, "address for /metrics and /healthz"),
     Setting("METRICS_PORT", "9101", cfg.port, "port for /metrics and /healthz (0 = off)"),
     cfg.LOG_LEVEL,
+    cfg.CPU_SCHEDULING_POLICY,
 )
 
 
@@ -237,6 +238,7 @@ class Config:
     metrics_host: str
     metrics_port: int
     log_level: str
+    cpu_scheduling_policy: str
     tls_context: ssl.SSLContext | None = field(default=None, repr=False, compare=False)
 
     @property

@@ -183,6 +183,7 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds to close clients on SIGTERM before dropping them",
     ),
     c.LOG_LEVEL,
+    c.CPU_SCHEDULING_POLICY,
 )
 
 
@@ -220,6 +221,7 @@ class Config:
     websocket_tls_key: str | None
     websocket_shutdown_timeout: float
     log_level: str
+    cpu_scheduling_policy: str
 
     @property
     def tls(self) -> bool:

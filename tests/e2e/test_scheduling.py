@@ -1,0 +1,52 @@
+"""Every thread of every service runs under the policy CPU_SCHEDULING_POLICY names:
+SCHED_BATCH by default (less CPU per message under load, bench/FINDINGS.md), the kernel's
+default with ``other``; anything else stops the service at start-up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.decode.config import load as load_decode
+from services.ingest.config import load as load_ingest
+from services.wsfanout.config import load as load_wsfanout
+from shared.config import ConfigError
+from tests.support.stack import Stack
+
+
+def thread_policies(pid: int) -> dict[str, int]:
+    """``{"<thread name>/<tid>": policy}`` for every thread of ``pid``."""
+    policies = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        policies[f"{name}/{task.name}"] = os.sched_getscheduler(int(task.name))
+    return policies
+
+
+@pytest.mark.parametrize(
+    ("env", "policy"),
+    [({}, os.SCHED_BATCH), ({"CPU_SCHEDULING_POLICY": "other"}, os.SCHED_OTHER)],
+    ids=["default-batch", "other"],
+)
+def test_every_thread_of_every_service_runs_under_the_configured_policy(
+    gateway: Callable[..., Stack], env: dict[str, str], policy: int
+) -> None:
+    stack = gateway(env=env)
+    for name, procs in stack.procs.items():
+        assert procs[0].proc is not None
+        threads = thread_policies(procs[0].proc.pid)
+        # ZeroMQ's I/O thread is started by the service itself: it must inherit the policy.
+        assert any(t.startswith("ZMQbg/IO") for t in threads), (name, threads)
+        assert set(threads.values()) == {policy}, (name, threads)
+
+
+@pytest.mark.parametrize("load", [load_ingest, load_decode, load_wsfanout])
+def test_an_unknown_policy_is_a_config_error_naming_the_variable(
+    load: Callable[[Mapping[str, str], Sequence[str] | None], Any],
+) -> None:
+    with pytest.raises(ConfigError, match="CPU_SCHEDULING_POLICY"):
+        load({"CPU_SCHEDULING_POLICY": "fifo"}, [])
