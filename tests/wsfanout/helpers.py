@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import zmq
+from websockets.asyncio.client import ClientConnection, connect
 
 from shared import routing
 from shared.frames import Event, event_parts
@@ -266,6 +267,21 @@ def value_of(msg: dict[str, Any]) -> Any:
 
 def device_of(msg: dict[str, Any]) -> str:
     return str(msg["device"]["name"])
+
+
+async def tiny_buffer_client(url: str, port: int) -> ClientConnection:
+    """A WebSocket client with a 4 KiB receive buffer and a one-message queue: unless it
+    reads, the server's writes back up within a few events (a slow or stalled client).
+    Its socket is closed if the handshake fails."""
+    sock = socket.socket()
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.setblocking(False)
+        return await connect(url, sock=sock, max_queue=1, ping_interval=None)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def collector(url: str, **kwargs: Any) -> Collector:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 import uuid
@@ -29,7 +28,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 
 from services.wsfanout import fanout as fanout_module
@@ -44,7 +43,7 @@ from services.wsfanout.tokens import TokenStore
 from shared import routing
 from shared.frames import event_parts
 from tests.support.timing import seconds, wait_for
-from tests.wsfanout.helpers import Source, collector, device_event, value_of
+from tests.wsfanout.helpers import Source, collector, device_event, tiny_buffer_client, value_of
 
 T = TypeVar("T")
 MAX_NS = 253402300799 * 1_000_000_000 + 999_999_999  # 9999-12-31T23:59:59.999Z
@@ -428,17 +427,7 @@ def test_a_client_that_fell_behind_catches_up_with_every_event_in_order(start_fa
     pad = "x" * 800
 
     async def scenario() -> list[int]:
-        sock = socket.socket()
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", fanout.port))
-            sock.setblocking(False)
-            ws: ClientConnection = await connect(
-                fanout.url(), sock=sock, max_queue=1, ping_interval=None
-            )
-        except BaseException:
-            sock.close()
-            raise
+        ws = await tiny_buffer_client(fanout.url(), fanout.port)
         # Closed even if what follows fails: left open, it would be collected, and warned
         # about (an unclosed transport), in whichever test runs next.
         async with ws:

@@ -17,7 +17,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.timing import seconds, wait_for
-from tests.wsfanout.helpers import Fanout, collector, device_event, value_of
+from tests.wsfanout.helpers import Fanout, collector, device_event, tiny_buffer_client, value_of
 
 T = TypeVar("T")
 
@@ -164,15 +164,7 @@ def test_a_slow_client_among_50_is_dropped_and_closed_1013_the_50_get_everything
         await loop.run_in_executor(None, _publish, fanout, feed_factory, 0, baseline_n, rate, pad)
 
         # The slow client: a tiny receive buffer, and it never reads.
-        sock = socket.socket()
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.connect(("127.0.0.1", fanout.port))
-            sock.setblocking(False)
-            slow: ClientConnection = await connect(url, sock=sock, max_queue=1, ping_interval=None)
-        except BaseException:
-            sock.close()
-            raise
+        slow = await tiny_buffer_client(url, fanout.port)
         opened.append(slow)
         cost_base = await loop.run_in_executor(None, dispatch_cost, fanout)
         rss_before = rss_kib(fanout.pid)
