@@ -29,14 +29,14 @@ SETTINGS = (
     ),
     c.Setting(
         "ZMQ_RAW_CREDIT",
-        "100",
+        "1000",
         c.integer(1, 1_000_000),
         "raw frames each ingest may send this worker before it grants more (the most a "
         "killed worker loses per ingest)",
     ),
     c.Setting(
         "ZMQ_RAW_RCVHWM",
-        "100",
+        "1000",
         c.integer(1, 1_000_000),
         "raw frames queued per ingest link inside ZeroMQ (ZMQ_RAW_CREDIT bounds what is sent)",
     ),

@@ -11,7 +11,7 @@ credit-based flow control (:mod:`shared.rawlink`): ingest sends a link at most t
 it was granted (ZMQ_RAW_CREDIT), and credit is granted back only once the frames' events
 are handed to the events socket, so a killed worker loses at most its outstanding credit
 (the fan-out's per-source ``seq`` shows exactly which) and a stopped one loses nothing.
-Each DEALER also has a small RCVHWM and kernel buffer, and MAXMSGSIZE so a hostile peer
+Each DEALER also has a bounded RCVHWM and kernel buffer, and MAXMSGSIZE so a hostile peer
 cannot make it allocate gigabytes (an oversized frame makes ZeroMQ drop that link, and
 :class:`LinkWatch` reconnects it). The
 events socket is an XPUB with ZMQ_IMMEDIATE off: while the fan-out restarts, up to SNDHWM
@@ -53,6 +53,9 @@ logger = logging.getLogger(__name__)
 POLL_MS = 100
 # Frames handled per poll wake-up: bounds the latency a batch adds (~BATCH x 20 us).
 BATCH = 64
+# While frames flow, credit goes back once this many are handed on (or half a smaller
+# window): ingest's acks wait for it, so larger lumps would hold them back.
+GRANT_LUMP_MAX = 50
 DRAIN_SECONDS = 5.0  # longest wait for every ingest's ``stopped`` after a stop request
 RELINK_AFTER = 1.0  # seconds of silence after a disconnect before reconnecting by hand
 HELD_RETRY_MS = 10  # how often held events are offered to a full fan-out link again
@@ -192,7 +195,7 @@ class Worker:
         decoder: Decoder,
         metrics: Metrics,
         max_frame: int,
-        credit: int = 100,
+        credit: int = 1000,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.links = links
@@ -201,7 +204,7 @@ class Worker:
         self.metrics = metrics
         self.max_frame = max_frame
         self.credit = credit
-        self.grant_lump = max(1, credit // 2)
+        self.grant_lump = max(1, min(credit // 2, GRANT_LUMP_MAX))
         self.clock = clock
         self.handled = 0
         # Events per name in the current batch, counted into the metrics once per batch:
@@ -342,9 +345,9 @@ class Worker:
                             if self.pending:
                                 break
                 if not self.pending:
-                    # While frames flow, credit goes back in lumps of half the window
-                    # (ingest always keeps the other half, so it never waits on us): a
-                    # grant per frame would wake both sides' ZeroMQ I/O threads per frame.
+                    # While frames flow, credit goes back in lumps (GRANT_LUMP_MAX; ingest
+                    # keeps the rest of the window, so it never waits on us): a grant
+                    # per frame would wake both sides' ZeroMQ I/O threads per frame.
                     # A quiet link gets everything back.
                     self.grant(self.grant_lump if busy else 1)
             self.drain()

@@ -17,11 +17,11 @@ def test_defaults() -> None:
     assert config.zmq_raw_connect == ("tcp://127.0.0.1:5557",)
     assert config.zmq_events_connect == ("tcp://127.0.0.1:5558",)
     assert (config.zmq_raw_rcvhwm, config.zmq_events_sndhwm, config.zmq_raw_rcvbuf) == (
-        100,
+        1000,
         10000,
         65536,
     )
-    assert config.zmq_raw_credit == 100
+    assert config.zmq_raw_credit == 1000
     assert config.metrics_port == 9102 and config.metrics_host == "127.0.0.1"
     limits = config.options.limits
     assert (limits.max_payload, limits.max_depth, limits.max_name) == (262144, 32, 256)
