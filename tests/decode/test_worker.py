@@ -345,6 +345,36 @@ def test_credit_comes_back_in_lumps_while_frames_flow_and_in_full_when_quiet(
     assert proc.stop() == 0
 
 
+def test_a_large_window_still_gives_credit_back_in_small_lumps(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    """ingest acknowledges a message to the broker only once its frame's credit is back.
+    With the default window (1,000 frames), credit must still come back every ~50 frames
+    while they flow, not once the window is half used or the link goes quiet."""
+    proc = start_decoder(services, tmp_path, peers)
+    router = peers.router
+
+    def outstanding() -> int:
+        router.pump()
+        return sum(router.credit.values())
+
+    wait_for(lambda: outstanding() == 1000, 10, "the probes' credit back")
+    grants_before = router.grants
+    for seq in range(1, 401):
+        peers.send(UP, good(seq), seq)
+    seqs = []
+    for _ in range(400):
+        event = peers.recv()
+        assert event is not None
+        seqs.append(event.body["seq"])
+    assert seqs == list(range(1, 401))
+    wait_for(lambda: outstanding() == 1000, 10, "all credit back once the link is quiet")
+    grants = router.grants - grants_before
+    # A lump is granted after a batch (up to 64 frames) once 50 are owed: at most 113.
+    assert grants >= 400 // 113, f"{grants} credit messages for 400 frames"
+    assert proc.stop() == 0
+
+
 def test_help() -> None:
     result = run_cli("decode", ["--help"])
     assert result.returncode == 0
