@@ -23,8 +23,9 @@ ingest → decode
 A decoder grants its initial credit (``ZMQ_RAW_CREDIT``) each time its link connects,
 and grants one credit back per frame from that link once the frame's event has been
 handed to the events socket (so a full fan-out link holds back the credit, and with it
-ingest). Grants go back in lumps of half the window while frames flow and in full once
-the link is quiet, so a busy link does not carry one control message per frame.
+ingest). Grants go back in lumps of 50 frames (half the window, if smaller) while frames flow
+and in full once the link is quiet, so a busy link does not carry one control message per
+frame and acknowledgements are not held back by a large window.
 Credit that comes back is also ingest's confirmation: the link is in order, so ``n``
 credits from a decoder after its first grant mean its ``n`` oldest frames were handed on,
 and only then are their messages acknowledged to the broker.
