@@ -59,6 +59,27 @@ class Peers:
             )
         )
 
+    def outstanding(self) -> int:
+        """Credit the decoder has granted and the router has not used yet."""
+        self.router.pump()
+        return sum(self.router.credit.values())
+
+    def grants_for_a_flow(self, window: int, frames: int) -> int:
+        """Send ``frames`` good uplinks (each waits for credit), check their events arrive
+        in order, wait until the whole ``window`` is back: the credit messages it took."""
+        wait_for(lambda: self.outstanding() == window, 10, "the probes' credit back")
+        grants_before = self.router.grants
+        for seq in range(1, frames + 1):
+            self.send(UP, good(seq), seq)
+        seqs = []
+        for _ in range(frames):
+            event = self.recv()
+            assert event is not None
+            seqs.append(event.body["seq"])
+        assert seqs == list(range(1, frames + 1))
+        wait_for(lambda: self.outstanding() == window, 10, "all credit back once quiet")
+        return self.router.grants - grants_before
+
     def recv(self, timeout: float = 10.0) -> Event | None:
         if self.sub.poll(int(seconds(timeout) * 1000)):
             return parse_event(self.sub.recv_multipart())
@@ -265,11 +286,7 @@ def test_credit_bounds_what_is_sent_and_comes_back_once_published(
 ) -> None:
     proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_CREDIT="10")
     router = peers.router
-
-    def outstanding() -> int:
-        router.pump()
-        return sum(router.credit.values())
-
+    outstanding = peers.outstanding
     wait_for(lambda: outstanding() == 10, 10, "the probes' credit back")
     proc.send_signal(signal.SIGSTOP)  # it cannot grant more now
     try:
@@ -323,24 +340,7 @@ def test_credit_comes_back_in_lumps_while_frames_flow_and_in_full_when_quiet(
     """A credit message per frame would wake both sides' ZeroMQ threads once more per
     frame; credit must still never run out for good, and a quiet link gets all of it back."""
     proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_CREDIT="20")
-    router = peers.router
-
-    def outstanding() -> int:
-        router.pump()
-        return sum(router.credit.values())
-
-    wait_for(lambda: outstanding() == 20, 10, "the probes' credit back")
-    grants_before = router.grants
-    for seq in range(1, 301):
-        peers.send(UP, good(seq), seq)  # each send waits for credit: never more than 20 out
-    seqs = []
-    for _ in range(300):
-        event = peers.recv()
-        assert event is not None
-        seqs.append(event.body["seq"])
-    assert seqs == list(range(1, 301))
-    wait_for(lambda: outstanding() == 20, 10, "all credit back once the link is quiet")
-    grants = router.grants - grants_before
+    grants = peers.grants_for_a_flow(20, 300)  # never more than 20 frames out at once
     assert 0 < grants <= 300 // 5, f"{grants} credit messages for 300 frames"
     assert proc.stop() == 0
 
@@ -352,24 +352,7 @@ def test_a_large_window_still_gives_credit_back_in_small_lumps(
     With the default window (1,000 frames), credit must still come back every ~50 frames
     while they flow, not once the window is half used or the link goes quiet."""
     proc = start_decoder(services, tmp_path, peers)
-    router = peers.router
-
-    def outstanding() -> int:
-        router.pump()
-        return sum(router.credit.values())
-
-    wait_for(lambda: outstanding() == 1000, 10, "the probes' credit back")
-    grants_before = router.grants
-    for seq in range(1, 401):
-        peers.send(UP, good(seq), seq)
-    seqs = []
-    for _ in range(400):
-        event = peers.recv()
-        assert event is not None
-        seqs.append(event.body["seq"])
-    assert seqs == list(range(1, 401))
-    wait_for(lambda: outstanding() == 1000, 10, "all credit back once the link is quiet")
-    grants = router.grants - grants_before
+    grants = peers.grants_for_a_flow(1000, 400)
     # A lump is granted after a batch (up to 64 frames) once 50 are owed: at most 113.
     assert grants >= 400 // 113, f"{grants} credit messages for 400 frames"
     assert proc.stop() == 0
