@@ -156,7 +156,7 @@ SETTINGS = (
     ),
     Setting(
         "MQTT_COALESCE_MS",
-        "2",
+        "3",
         cfg.number(0, 100),
         "while messages keep coming, read the broker at most once per this many ms and hand "
         "on together what came (fewer wake-ups in every service, up to this much latency; "

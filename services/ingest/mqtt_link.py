@@ -347,12 +347,13 @@ class MqttLink:
     def _coalesced_step(self) -> bool:
         """One pass, at most one per MQTT_COALESCE_MS while messages keep coming: the ones
         that arrive meanwhile wait in the kernel and are read and handed on together. At
-        1,000 msg/s that halves the wake-ups of every thread down the pipeline (-7 to
-        -12 % of the gateway's CPU, bench/FINDINGS.md). After a pass that read
-        ``BUSY_PASS`` messages or more the window doubles: under heavy load (4,000 msg/s
-        and up with the default 2 ms) that is another -10 % of CPU for +2 ms of latency,
-        while a dashboard's moderate stream keeps the short window. A message after a
-        quiet spell is read at once."""
+        1,000 msg/s and the default 3 ms that cuts the wake-ups of every thread down the
+        pipeline to a third (the gateway's CPU per message -25 % against 2 ms and -40 %
+        against 0, bench/FINDINGS.md): it is the one place the pipeline waits on purpose.
+        After a pass that read ``BUSY_PASS`` messages or more the window doubles: under
+        heavy load (about 2,700 msg/s and up with 3 ms) that is another -10 % of CPU for
+        +3 ms of latency, while a dashboard's moderate stream keeps the short window. A
+        message after a quiet spell is read at once."""
         wait = self._next_read - time.monotonic()
         if wait > 0:
             self._closing.wait(wait)

@@ -129,8 +129,15 @@ SETTINGS: tuple[Setting, ...] = (
         "WEBSOCKET_COALESCE_MS",
         "5",
         c.number(0),
-        "an event for 8 or more clients waits up to this long for the next ones, so each "
-        "client gets them in one write (0 = write each at once)",
+        "an event for WEBSOCKET_COALESCE_MIN_CLIENTS or more clients waits up to this long "
+        "for the next ones, so each client gets them in one write (0 = write each at once)",
+    ),
+    Setting(
+        "WEBSOCKET_COALESCE_MIN_CLIENTS",
+        "100",
+        c.integer(1),
+        "clients an event must go to before its writes wait WEBSOCKET_COALESCE_MS "
+        "(fewer are written to at once)",
     ),
     Setting(
         "WEBSOCKET_SEND_BUFFER",
@@ -211,6 +218,7 @@ class Config:
     websocket_client_queue_bytes: int
     websocket_slow_client_timeout: float
     websocket_coalesce_ms: float
+    websocket_coalesce_min_clients: int
     websocket_send_buffer: int
     websocket_max_clients: int
     websocket_max_clients_per_token: int

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 BATCH_MAX = 500  # events handled back to back before other tasks run
 BATCH_SECONDS = 0.01  # ... or this long, whichever comes first
 HANDOFF_POLL_SECONDS = 0.002
-COALESCE_MIN_CLIENTS = 8  # a batch for this many clients waits WEBSOCKET_COALESCE_MS
 SUBSCRIBE_KEYS = frozenset({"op", "filter", "epoch", "seq", "id"})
 MAX_FIRST_SOURCE_LOGS = 100
 
@@ -135,6 +134,7 @@ class Fanout:
         self._dirty: list[Client] = []
         self._coalesce_timer: asyncio.TimerHandle | None = None
         self._coalesce_s = config.websocket_coalesce_ms / 1000.0
+        self._coalesce_min = config.websocket_coalesce_min_clients
         self.goodbyes: set[bytes] = set()  # decoders that answered the hand-off at stop
         self._accepted = 0  # counts of the current batch, added to the metrics by _flush()
         self._sent_live = 0
@@ -271,15 +271,17 @@ class Fanout:
         """Write the held frames, now or (``coalesce``) a few ms later.
 
         With many clients the fan-out's cost is one ``send()`` per client per write, not
-        the event: at 1,000 events/s × 50 clients that is 50,000 system calls a second.
-        When a batch goes to ``COALESCE_MIN_CLIENTS`` or more, the writes wait up to
-        ``WEBSOCKET_COALESCE_MS`` for the events that follow, so each client gets them in
-        one write. Fewer clients (a dashboard or two) are written to at once: there the
-        delay would cost latency and save little."""
+        the event: at 100 events/s × 1,000 clients that is 100,000 system calls a second.
+        When a batch goes to ``WEBSOCKET_COALESCE_MIN_CLIENTS`` (100) or more, the writes
+        wait up to ``WEBSOCKET_COALESCE_MS`` for the events that follow, so each client
+        gets them in one write: there one event's writes take ~5 ms anyway, and the wait
+        saves ~25 % of the fan-out's CPU. Fewer clients are written to at once: at 50,
+        waiting saved ~12 % for +6 ms of p99, and ingest's ``MQTT_COALESCE_MS`` already
+        hands events on in groups (bench/FINDINGS.md)."""
         dirty = self._dirty
         if not dirty or self._coalesce_timer is not None and coalesce:
             return  # nothing to write, or the timer writes it
-        if coalesce and self._coalesce_s > 0 and len(dirty) >= COALESCE_MIN_CLIENTS:
+        if coalesce and self._coalesce_s > 0 and len(dirty) >= self._coalesce_min:
             self._coalesce_timer = asyncio.get_running_loop().call_later(
                 self._coalesce_s, self._write_held
             )

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from services.wsfanout.fanout import COALESCE_MIN_CLIENTS
 from tests.support.timing import seconds, wait_for
 from tests.wsfanout.helpers import Source, collector, device_event, value_of
 
 # Long enough that five events handled one by one surely fall inside one window, short
 # enough for a test (the events then arrive after it).
 WINDOW_MS = "3000"
+MIN_CLIENTS = 8  # WEBSOCKET_COALESCE_MIN_CLIENTS here (default 100): fewer test clients
 
 
 class RawReader:
@@ -94,9 +94,11 @@ def open_raw() -> Iterator[Callable[..., RawReader]]:
 def test_an_event_for_many_clients_is_written_with_the_next_ones_in_one_write(
     start_fanout: Any, open_feed: Any, open_raw: Any
 ) -> None:
-    fanout = start_fanout({"WEBSOCKET_COALESCE_MS": WINDOW_MS})
+    fanout = start_fanout(
+        {"WEBSOCKET_COALESCE_MS": WINDOW_MS, "WEBSOCKET_COALESCE_MIN_CLIENTS": str(MIN_CLIENTS)}
+    )
     feed = open_feed(fanout)
-    others = [collector(fanout.url()) for _ in range(COALESCE_MIN_CLIENTS)]
+    others = [collector(fanout.url()) for _ in range(MIN_CLIENTS)]
     raw = open_raw(fanout.port)
     wait_for(lambda: fanout.metric("gateway_wsfanout_clients") == len(others) + 1, 10, "clients")
     source = Source(f"src-{uuid.uuid4().hex[:6]}")
@@ -126,15 +128,41 @@ def test_one_dashboard_is_written_to_at_once(start_fanout: Any, open_feed: Any) 
     client.close()
 
 
+def test_an_audience_below_the_threshold_is_written_to_at_once(
+    start_fanout: Any, open_feed: Any
+) -> None:
+    # One client short of WEBSOCKET_COALESCE_MIN_CLIENTS, with a window of minutes: if
+    # their events waited for it, none would arrive.
+    fanout = start_fanout(
+        {"WEBSOCKET_COALESCE_MS": "600000", "WEBSOCKET_COALESCE_MIN_CLIENTS": str(MIN_CLIENTS)}
+    )
+    feed = open_feed(fanout)
+    clients = [collector(fanout.url()) for _ in range(MIN_CLIENTS - 1)]
+    wait_for(lambda: fanout.metric("gateway_wsfanout_clients") == len(clients), 10, "clients")
+    for i in range(1, 4):
+        feed.send(device_event(device="m1", value=i))
+        for c in clients:
+            got = [value_of(m) for m in c.wait_events(i, timeout=10)]
+            assert got == list(range(1, i + 1))
+    for c in clients:
+        c.close()
+
+
 def test_many_clients_with_replies_and_a_slow_one_get_every_event_once_in_order(
     start_fanout: Any, open_feed: Any, open_raw: Any
 ) -> None:
     # Coalescing on, replies (pong) asked for mid-stream, and one client that does not read
     # until the end, so its events overflow its socket and go through its queue while the
     # others' wait in the window: each client gets every event exactly once, in order.
-    fanout = start_fanout({"WEBSOCKET_COALESCE_MS": "20", "WEBSOCKET_SEND_BUFFER": "4096"})
+    fanout = start_fanout(
+        {
+            "WEBSOCKET_COALESCE_MS": "20",
+            "WEBSOCKET_COALESCE_MIN_CLIENTS": str(MIN_CLIENTS),
+            "WEBSOCKET_SEND_BUFFER": "4096",
+        }
+    )
     feed = open_feed(fanout)
-    clients = [collector(fanout.url()) for _ in range(COALESCE_MIN_CLIENTS + 2)]
+    clients = [collector(fanout.url()) for _ in range(MIN_CLIENTS + 2)]
     slow = open_raw(fanout.port, rcvbuf=4096)
     wait_for(lambda: fanout.metric("gateway_wsfanout_clients") == len(clients) + 1, 10, "clients")
     source = Source(f"src-{uuid.uuid4().hex[:6]}")
