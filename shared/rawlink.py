@@ -11,6 +11,11 @@ Messages (ZeroMQ multipart; the ROUTER's peer identity part is not shown):
 
 decode → ingest
     ``[b"credit", b"<n>"]``  send me ``n`` more frames (n > 0, ASCII decimal).
+    ``[b"credit", b"<n>", b"<max>"]``  the same, and send me no frame over ``max`` bytes:
+                             ZeroMQ would drop the link for it (ZMQ_MAXMSGSIZE), and with it
+                             every frame in flight. decode says it with every grant, so
+                             ingest keeps it only while it holds that peer's credit; it
+                             drops (acks and counts) a bigger message instead.
     ``[b"stop"]``            send me no more frames; answer with ``stopped``.
 
 ingest → decode
@@ -34,6 +39,8 @@ Anything malformed is ignored by the receiver (and counted/logged there).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 CREDIT = b"credit"
 STOP = b"stop"
 CTL = b"ctl"
@@ -44,21 +51,42 @@ STOPPED_MESSAGE: list[bytes] = [CTL, STOPPED]
 MAX_CREDIT = 1 << 31  # larger grants are malformed
 
 
-def credit_message(n: int) -> list[bytes]:
-    """The parts that grant ``n`` (> 0) more frames."""
+class Control(NamedTuple):
+    """A decode → ingest message: ``kind`` CREDIT (``n`` frames; ``max_frame`` bytes at
+    most per frame, 0 = not said) or STOP."""
+
+    kind: bytes
+    n: int = 0
+    max_frame: int = 0
+
+
+def credit_message(n: int, max_frame: int = 0) -> list[bytes]:
+    """The parts that grant ``n`` (> 0) more frames, of at most ``max_frame`` bytes each
+    if that is > 0."""
     if not 0 < n < MAX_CREDIT:
         raise ValueError(f"credit must be in 1..{MAX_CREDIT - 1}, not {n}")
-    return [CREDIT, str(n).encode()]
+    if not 0 <= max_frame < MAX_CREDIT:
+        raise ValueError(f"max_frame must be in 0..{MAX_CREDIT - 1}, not {max_frame}")
+    parts = [CREDIT, str(n).encode()]
+    return [*parts, str(max_frame).encode()] if max_frame else parts
 
 
-def parse_control(parts: list[bytes]) -> tuple[bytes, int] | None:
-    """A decode → ingest message as ``(CREDIT, n)`` or ``(STOP, 0)``; None if malformed."""
+def _number(part: bytes) -> int | None:
+    """A positive ASCII decimal below MAX_CREDIT, else None."""
+    if part.isdigit() and len(part) <= 10 and 0 < int(part) < MAX_CREDIT:
+        return int(part)
+    return None
+
+
+def parse_control(parts: list[bytes]) -> Control | None:
+    """A decode → ingest message; None if malformed."""
     if len(parts) == 1 and parts[0] == STOP:
-        return STOP, 0
-    if len(parts) == 2 and parts[0] == CREDIT and parts[1].isdigit() and len(parts[1]) <= 10:
-        n = int(parts[1])
-        if 0 < n < MAX_CREDIT:
-            return CREDIT, n
+        return Control(STOP)
+    if len(parts) in (2, 3) and parts[0] == CREDIT:
+        n = _number(parts[1])
+        max_frame = _number(parts[2]) if len(parts) == 3 else 0
+        if n is not None and max_frame is not None:
+            return Control(CREDIT, n, max_frame)
     return None
 
 

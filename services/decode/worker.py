@@ -304,7 +304,7 @@ class Worker:
         if link.stopping:
             link.send_control(rawlink.STOP_MESSAGE)
         else:
-            link.send_control(rawlink.credit_message(self.credit))
+            link.send_control(rawlink.credit_message(self.credit, self.max_frame))
 
     def _poller(self) -> zmq.Poller:
         poller = zmq.Poller()
@@ -363,7 +363,7 @@ class Worker:
             if (
                 link.owed >= at_least
                 and not link.stopping
-                and link.send_control(rawlink.credit_message(link.owed))
+                and link.send_control(rawlink.credit_message(link.owed, self.max_frame))
             ):
                 link.owed = 0
 

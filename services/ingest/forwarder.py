@@ -8,7 +8,9 @@ inside ingest (each hand-off between threads cost ~30 µs of wake-up on a small 
 bench/FINDINGS.md). When no decoder has credit (all busy, stopping, or none connected)
 messages wait in ``pending``; once that holds enough, the link stops reading from the
 broker, whose inflight window fills because nothing is acknowledged, and the broker
-holds the rest. Nothing is dropped. A decoder's ``stop`` is answered with ``stopped``
+holds the rest. Nothing is dropped, but a message whose frame is larger than the
+decoder it would go to takes (it says so with its credit): sent, ZeroMQ would drop that
+link and every frame in flight on it. A decoder's ``stop`` is answered with ``stopped``
 after the last frame sent to it, so a decoder that stops loses nothing; a peer that
 vanished (EHOSTUNREACH, ROUTER_MANDATORY) is forgotten and the frame goes to another.
 
@@ -40,10 +42,12 @@ import zmq
 from services.ingest.metrics import Metrics
 from shared import rawlink, zmq_util
 from shared.frames import RawFrame, pack_raw
+from shared.log import RateLimitedLog
 
 logger = logging.getLogger(__name__)
 
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
+TOO_LARGE = b"\x00too large"  # _try_send's answer for a frame over the next decoder's limit
 
 
 @dataclass(slots=True)
@@ -98,6 +102,11 @@ class Forwarder:
         # Credit per decoder (ROUTER identity), only those with credit left (> 0), in
         # round-robin order.
         self._credit: dict[bytes, int] = {}
+        # The largest frame each of those peers takes (sent with its credit; absent: not
+        # said, as by an older decoder), and the one that made _try_send say TOO_LARGE.
+        self._max_frame: dict[bytes, int] = {}
+        self._too_large_limit = 0
+        self._bad = RateLimitedLog(logger)
         self._stopped: set[bytes] = set()  # peers that asked to stop: their credit is void
         self._sent: deque[Sent] = deque()  # in receive order: acks leave from the left
         self._awaiting: dict[bytes, deque[Sent]] = {}  # per decoder, oldest first
@@ -184,9 +193,13 @@ class Forwarder:
             qos=item.qos,
             retain=item.retain,
         )
-        peer = self._try_send(pack_raw(frame))
+        data = pack_raw(frame)
+        peer = self._try_send(data)
         if peer is None:
             return False
+        if peer is TOO_LARGE:
+            self._drop_too_large(item, len(data))
+            return True
         self._seq += 1  # numbered only once sent, so a seq gap always means a lost frame
         self._m.forwarded.inc()
         sent = Sent(item, time.monotonic())
@@ -214,14 +227,16 @@ class Forwarder:
         if msg is None:
             logger.warning("⚠️ Ignored a malformed control message from a decoder: %.80r", parts)
             return
-        kind, n = msg
-        if kind == rawlink.CREDIT:
+        if msg.kind == rawlink.CREDIT:
             if peer not in self._stopped:
-                self._credit[peer] = self._credit.get(peer, 0) + n
-            self._confirm(peer, n)
+                self._credit[peer] = self._credit.get(peer, 0) + msg.n
+                if msg.max_frame:
+                    self._max_frame[peer] = msg.max_frame
+            self._confirm(peer, msg.n)
             return
         # STOP: nothing more goes to this peer; everything sent so far precedes the answer.
         self._credit.pop(peer, None)
+        self._max_frame.pop(peer, None)
         self._stopped.add(peer)
         # Its drain publishes every frame it has and grants no more credit.
         self._give_up(self._awaiting.pop(peer, ()))
@@ -282,6 +297,9 @@ class Forwarder:
         credits = self._credit
         for peer in list(credits):
             credit = credits[peer]
+            if len(data) > self._max_frame.get(peer, len(data)):
+                self._too_large_limit = self._max_frame[peer]
+                return TOO_LARGE
             try:
                 zmq_util.send_parts(self._sock, [peer, data])
             except zmq.Again:  # its pipe is at SNDHWM: try the others
@@ -290,14 +308,32 @@ class Forwarder:
                 if exc.errno != zmq.EHOSTUNREACH:
                     raise
                 del credits[peer]  # vanished (killed, or relinked under a new identity)
+                self._max_frame.pop(peer, None)
                 logger.info("👋 A decoder vanished with %d credit left: sending to others", credit)
                 self._give_up(self._awaiting.pop(peer, ()))
                 continue
             del credits[peer]  # to the end of the order, or out until it grants more (so a
             if credit > 1:  # vanished peer without credit is not kept)
                 credits[peer] = credit - 1
+            else:
+                self._max_frame.pop(peer, None)  # its next grant says it again
             return peer
         return None
+
+    def _drop_too_large(self, item: Inbound, size: int) -> None:
+        """A frame over what the decoder said it takes: ZeroMQ would drop the link for it,
+        and with it every frame in flight there. Dropped here, counted, and acked in its
+        turn (the broker would only send it again)."""
+        self._m.dropped.labels("too_large").inc()
+        self._bad.warning(
+            "too-large",
+            "⚠️ Message on %s dropped: its frame is %d bytes, over the %d a decoder takes "
+            "(ZMQ_RAW_MAX_MESSAGE, DECODE_MAX_PAYLOAD)",
+            item.topic[:200],
+            size,
+            self._too_large_limit,
+        )
+        self._sent.append(Sent(item, time.monotonic(), done=True))
 
     def _ack(self, item: Inbound) -> None:
         if item.qos == 0:

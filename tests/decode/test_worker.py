@@ -281,6 +281,19 @@ def test_an_oversized_frame_costs_the_link_not_the_worker(
     assert proc.stop() == 0
 
 
+def test_every_grant_says_how_large_a_frame_may_be(
+    services: list[ServiceProcess], tmp_path: Path, peers: Peers
+) -> None:
+    """ingest drops a message whose frame is over the limit instead of sending it (which
+    would cost the link): the first grant and every one after say the limit."""
+    proc = start_decoder(services, tmp_path, peers, ZMQ_RAW_MAX_MESSAGE="100000")
+    grants = peers.grants_for_a_flow(1000, 200)
+    assert grants >= 2
+    assert peers.router.limits == [100_000] * len(peers.router.limits)
+    assert len(peers.router.limits) > grants  # the first grant too
+    assert proc.stop() == 0
+
+
 def test_credit_bounds_what_is_sent_and_comes_back_once_published(
     services: list[ServiceProcess], tmp_path: Path, peers: Peers
 ) -> None:

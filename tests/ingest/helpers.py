@@ -42,9 +42,11 @@ class FrameCollector:
     """A decoder stand-in on ingest's endpoint: a DEALER that grants ``credit`` on every
     connect and one more per frame received; a thread keeps receiving frames."""
 
-    def __init__(self, endpoint: str, credit: int = 1000, rcvhwm: int = 1000) -> None:
+    def __init__(
+        self, endpoint: str, credit: int = 1000, rcvhwm: int = 1000, max_frame: int = 0
+    ) -> None:
         self._ctx = zmq.Context()
-        self._dealer = CreditDealer(self._ctx, endpoint, credit, rcvhwm=rcvhwm)
+        self._dealer = CreditDealer(self._ctx, endpoint, credit, rcvhwm=rcvhwm, max_frame=max_frame)
         self._frames: list[RawFrame] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -60,6 +62,11 @@ class FrameCollector:
                     self._frames.extend(frames)
                 self._dealer.grant(len(got))
         self._dealer.close()
+
+    @property
+    def connects(self) -> int:
+        """How often its link connected (a link ZeroMQ dropped connects again)."""
+        return self._dealer.connects
 
     @property
     def frames(self) -> list[RawFrame]:

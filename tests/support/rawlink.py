@@ -17,12 +17,24 @@ from shared import rawlink
 
 
 class CreditDealer:
-    """A DEALER connected to ingest's endpoint that grants ``credit`` on every connect."""
+    """A DEALER connected to ingest's endpoint that grants ``credit`` on every connect.
+    With ``max_frame`` it says, as decode does, how large a frame it takes, and ZeroMQ
+    drops its link for a larger one (ZMQ_MAXMSGSIZE), as decode's would."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str, credit: int, rcvhwm: int = 1000) -> None:  # type: ignore[type-arg]
+    def __init__(
+        self,
+        ctx: zmq.Context,  # type: ignore[type-arg]
+        endpoint: str,
+        credit: int,
+        rcvhwm: int = 1000,
+        max_frame: int = 0,
+    ) -> None:
         self.credit = credit
+        self.max_frame = max_frame
         self.sock: zmq.Socket[bytes] = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
+        if max_frame:
+            self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
         self.sock.connect(endpoint)
@@ -30,7 +42,7 @@ class CreditDealer:
         self.connects = 0
 
     def grant(self, n: int) -> None:
-        self.sock.send_multipart(rawlink.credit_message(n))
+        self.sock.send_multipart(rawlink.credit_message(n, self.max_frame))
 
     def stop(self) -> None:
         self.sock.send_multipart(rawlink.STOP_MESSAGE)
@@ -79,6 +91,7 @@ class CreditRouter:
         self.credit: dict[bytes, int] = {}
         self.stops = 0
         self.grants = 0  # credit messages received
+        self.limits: list[int] = []  # the largest frame each grant said it takes (0: none)
 
     @property
     def endpoint(self) -> str:
@@ -95,10 +108,10 @@ class CreditRouter:
                 return
             msg = rawlink.parse_control(parts)
             assert msg is not None, parts
-            kind, n = msg
-            if kind == rawlink.CREDIT:
+            if msg.kind == rawlink.CREDIT:
                 self.grants += 1
-                self.credit[peer] = self.credit.get(peer, 0) + n
+                self.credit[peer] = self.credit.get(peer, 0) + msg.n
+                self.limits.append(msg.max_frame)
             else:
                 self.stops += 1
                 self.credit.pop(peer, None)
