@@ -73,9 +73,8 @@ def credit_message(n: int, max_frame: int = 0) -> list[bytes]:
 
 def _number(part: bytes) -> int | None:
     """A positive ASCII decimal below MAX_CREDIT, else None."""
-    if part.isdigit() and len(part) <= 10 and 0 < int(part) < MAX_CREDIT:
-        return int(part)
-    return None
+    n = int(part) if part.isdigit() and len(part) <= 10 else 0
+    return n if 0 < n < MAX_CREDIT else None
 
 
 def parse_control(parts: list[bytes]) -> Control | None:

@@ -47,7 +47,6 @@ from shared.log import RateLimitedLog
 logger = logging.getLogger(__name__)
 
 BLOCKED_NOTICE_S = 1.0  # a wait this long is worth a log line (shorter ones are normal)
-TOO_LARGE = b"\x00too large"  # _try_send's answer for a frame over the next decoder's limit
 
 
 @dataclass(slots=True)
@@ -103,9 +102,8 @@ class Forwarder:
         # round-robin order.
         self._credit: dict[bytes, int] = {}
         # The largest frame each of those peers takes (sent with its credit; absent: not
-        # said, as by an older decoder), and the one that made _try_send say TOO_LARGE.
+        # said, as by an older decoder).
         self._max_frame: dict[bytes, int] = {}
-        self._too_large_limit = 0
         self._bad = RateLimitedLog(logger)
         self._stopped: set[bytes] = set()  # peers that asked to stop: their credit is void
         self._sent: deque[Sent] = deque()  # in receive order: acks leave from the left
@@ -194,12 +192,14 @@ class Forwarder:
             retain=item.retain,
         )
         data = pack_raw(frame)
+        # The limit of the decoder next in turn (they share one config in practice).
+        limit = self._max_frame.get(next(iter(self._credit), b""), 0)
+        if limit and len(data) > limit:
+            self._drop_too_large(item, len(data), limit)
+            return True
         peer = self._try_send(data)
         if peer is None:
             return False
-        if peer is TOO_LARGE:
-            self._drop_too_large(item, len(data))
-            return True
         self._seq += 1  # numbered only once sent, so a seq gap always means a lost frame
         self._m.forwarded.inc()
         sent = Sent(item, time.monotonic())
@@ -297,9 +297,6 @@ class Forwarder:
         credits = self._credit
         for peer in list(credits):
             credit = credits[peer]
-            if len(data) > self._max_frame.get(peer, len(data)):
-                self._too_large_limit = self._max_frame[peer]
-                return TOO_LARGE
             try:
                 zmq_util.send_parts(self._sock, [peer, data])
             except zmq.Again:  # its pipe is at SNDHWM: try the others
@@ -320,7 +317,7 @@ class Forwarder:
             return peer
         return None
 
-    def _drop_too_large(self, item: Inbound, size: int) -> None:
+    def _drop_too_large(self, item: Inbound, size: int, limit: int) -> None:
         """A frame over what the decoder said it takes: ZeroMQ would drop the link for it,
         and with it every frame in flight there. Dropped here, counted, and acked in its
         turn (the broker would only send it again)."""
@@ -331,7 +328,7 @@ class Forwarder:
             "(ZMQ_RAW_MAX_MESSAGE, DECODE_MAX_PAYLOAD)",
             item.topic[:200],
             size,
-            self._too_large_limit,
+            limit,
         )
         self._sent.append(Sent(item, time.monotonic(), done=True))
 
