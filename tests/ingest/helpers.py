@@ -65,8 +65,14 @@ class FrameCollector:
 
     @property
     def connects(self) -> int:
-        """How often its link connected (a link ZeroMQ dropped connects again)."""
+        """How often its link connected."""
         return self._dealer.connects
+
+    @property
+    def disconnects(self) -> int:
+        """How often its link was lost (ZeroMQ drops it for a frame over ``max_frame``
+        and does not connect it again)."""
+        return self._dealer.disconnects
 
     @property
     def frames(self) -> list[RawFrame]:

@@ -36,10 +36,11 @@ class CreditDealer:
         if max_frame:
             self.sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self.monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
         self.stopped = False
         self.connects = 0
+        self.disconnects = 0  # also when ZeroMQ drops the link for a frame over max_frame
 
     def grant(self, n: int) -> None:
         self.sock.send_multipart(rawlink.credit_message(n, self.max_frame))
@@ -57,9 +58,12 @@ class CreditDealer:
         if self.monitor in ready:
             while True:
                 try:
-                    recv_monitor_message(self.monitor, zmq.NOBLOCK)
+                    event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if event["event"] == zmq.EVENT_DISCONNECTED:
+                    self.disconnects += 1
+                    continue
                 self.connects += 1
                 self.grant(self.credit)
         frames: list[bytes] = []
