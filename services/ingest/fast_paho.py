@@ -142,6 +142,11 @@ class FastProperties(Properties):
         return result
 
 
+def received_at_attr(client: mqtt.Client) -> str:
+    """paho's name for when bytes last came in, for the keepalive (2.2's, or 2.1's)."""
+    return "_last_bytes_received" if hasattr(client, "_last_bytes_received") else "_last_msg_in"
+
+
 class FastClient(mqtt.Client):
     """``mqtt.Client`` reading the socket in large chunks. Works over plain TCP and TLS
     (an ``SSLSocket.recv`` returns at most one TLS record, whatever we ask for; the rest
@@ -154,10 +159,7 @@ class FastClient(mqtt.Client):
         self._reads_left = READS_PER_LOOP
         # Where plain PUBLISH packets go, instead of on_message (None: all go to paho).
         self.on_plain_publish: PlainPublish | None = None
-        # When bytes last came in, for the keepalive (paho 2.2's name, or 2.1's).
-        self._received_at = (
-            "_last_bytes_received" if hasattr(self, "_last_bytes_received") else "_last_msg_in"
-        )
+        self._received_at = received_at_attr(self)
 
     def _sock_recv(self, bufsize: int) -> bytes:
         buf = self._rbuf

@@ -130,6 +130,7 @@ class MqttLink:
         self._woke_at = 0.0  # monotonic: when the last pass's poll returned
         self._received = 0  # messages taken from the broker (a pass that read some counts)
         self._client = self._make_client()
+        self._heard_attr = fast_paho.received_at_attr(self._client)
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
     # ------------------------------------------------------------------ other threads
@@ -266,9 +267,34 @@ class MqttLink:
         self.forwarder.work()  # also after a failed read: what it read is held
         if not read_ok or client.socket() is None:
             return False
+        if read:  # a ping's answer is only seen by reading (not so while draining)
+            self._check_silence()
         if client.want_write() and client.loop_write() != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
         return client.loop_misc() == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _check_silence(self) -> None:
+        """Ask a silent broker early, and give up on it early. paho pings after a whole
+        keepalive without a byte from the broker and waits another for the answer, so a
+        dead link (a partition, a broker host gone without a FIN) went unnoticed for up to
+        two keepalives while the broker held our messages. Here the ping goes out after
+        half a keepalive of silence, and a ping unanswered for half a keepalive ends the
+        connection (through paho's own keepalive path, which sees the ping as overdue):
+        a dead link is noticed within one keepalive (RELIABILITY.md §9.1 F17)."""
+        client = self._client
+        if not self._connected:
+            return
+        half = self._cfg.mqtt_keepalive / 2
+        pinged = getattr(client, "_ping_t", 0)
+        if pinged:
+            if self._woke_at - pinged >= half:
+                self._outcome = (
+                    f"{LOST} (no answer to a ping within {half:g} s: the network to the "
+                    "broker, or the broker, is gone)"
+                )
+                client._ping_t = pinged - self._cfg.mqtt_keepalive  # loop_misc() ends it
+        elif self._woke_at - getattr(client, self._heard_attr) >= half:
+            client._send_pingreq()
 
     def _reading(self) -> bool:
         """Whether to read from the broker: not while the forwarder holds ``_pause_at``

@@ -17,6 +17,7 @@ from tests.faults.harness import (
     StreamPublisher,
     StreamReport,
     analyse,
+    distinct_received,
     new_stream,
     numbers,
     settle,
@@ -79,7 +80,7 @@ def run_stream(
         wait_received(client, stream, int(count * fault_at), timeout)
         outcome.sent_at_fault = pub.sent
         # The fault must hit a flowing stream, or the case proves nothing.
-        had = len(set(numbers(stream, client.snapshot())))
+        had = distinct_received(client, stream)
         assert had < count, "the client had the whole stream before the fault: raise count"
         started = time.monotonic()
         result = fault()

@@ -1,5 +1,5 @@
-"""decode faults (RELIABILITY.md §9.1 F11-F14): a replica killed, frozen or stopped, or all
-of them gone for a while.
+"""decode faults (RELIABILITY.md §9.1 F11-F14, F18): a replica killed, frozen or stopped,
+all of them gone for a while, or the link from decode to the fan-out stalled.
 
 The raw link is credit-based (ROUTER/DEALER, shared/rawlink.py): ingest sends a decoder
 at most the credit it granted. What a killed decoder held is gone; the gateway's promise
@@ -26,10 +26,16 @@ from tests.faults.harness import (
     metric,
     new_stream,
     numbers,
+    peak_rss_kib,
     wait_received,
 )
 from tests.faults.scenario import run_stream
+from tests.faults.wsreader import ProcessClient
+from tests.support.proxy import TcpProxy
 from tests.support.timing import wait_for
+
+RECEIVED = "gateway_mqtt_messages_received_total"
+COUNT, HOLD_S = 20000, 5.0  # F18: a stream the stall cannot outlast, how long it is held
 
 # Small queues for the kill cases, so "bounded by the credit" is a tight, checkable number.
 INGEST_SNDHWM, INGEST_SNDBUF = 100, 16384
@@ -318,3 +324,70 @@ def test_decoder_up_before_the_fanout_while_ingest_holds_a_backlog_loses_nothing
     assert counters.accepted == stream.count
     assert counters.frames_lost == 0
     assert counters.dup_seq == 0
+
+
+@pytest.mark.timeout(120)
+def test_f18_stalled_link_to_the_fanout_pushes_back_to_the_broker_and_loses_nothing(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    gw = gateway(decoders=1, start=False)
+    # The decoder reaches the fan-out through a line that can go silent without a FIN.
+    proxy = TcpProxy("127.0.0.1", int(gw.events.rsplit(":", 1)[1]), buffer=16384).start()
+    resources.append(proxy)
+    gw.service_env["decode"] = {"ZMQ_EVENTS_CONNECT": proxy.endpoint, "ZMQ_EVENTS_SNDHWM": "100"}
+    gw.start()
+    times: dict[str, float] = {}
+    client = ProcessClient(gw.ws_url)  # its own process: the catch-up must not outrun it
+    resources.append(client)
+
+    def stall() -> None:
+        proxy.blackhole()
+        cut = time.monotonic()
+        # The decoder's kernel send buffer (autotuned up to 4 MiB on loopback) takes
+        # thousands of events before ZeroMQ's queue even starts to fill.
+        gw.decoder(0).wait_for_log("⏸️ The fan-out is not taking events", timeout=20)
+        times["pushback_after_s"] = time.monotonic() - cut
+        at_pushback = ingest_value(gw, RECEIVED)
+        # Held: the decoder takes no frames and grants no credit; ingest fills what it may
+        # hold and stops reading, and from then on the broker holds the stream.
+        time.sleep(HOLD_S / 2)
+        settled = ingest_value(gw, RECEIVED)
+        time.sleep(HOLD_S / 2)
+        times["taken_late_in_hold"] = ingest_value(gw, RECEIVED) - settled
+        times["taken_while_held"] = settled - at_pushback
+        proxy.heal()
+        times["stalled_s"] = time.monotonic() - cut
+
+    out = run_stream(
+        gw, resources, collector=client, count=COUNT, rate=2000, fault=stall, fault_at=0.04
+    )
+    counters = settled_counters(gw)
+    paused = ingest_value(gw, "gateway_ingest_read_paused_seconds_total")
+    rss_mib = {
+        name: round(peak_rss_kib(proc.proc.pid) / 1024, 1)  # type: ignore[union-attr]
+        for name, proc in (("decode", gw.decoder(0)), ("wsfanout", gw.fanout))
+    }
+    figures.update(
+        out.report.__dict__ | {"lost": len(out.report.lost)},
+        pushback_after_s=round(times["pushback_after_s"], 2),
+        stalled_s=round(times["stalled_s"], 2),
+        ingest_took_while_held=times["taken_while_held"],
+        ingest_took_late_in_hold=times["taken_late_in_hold"],
+        ingest_read_paused_s=round(paused, 2),
+        peak_rss_mib=rss_mib,
+        fanout=counters.as_dict(),
+    )
+
+    # The decoder's queue to the fan-out filled; it held what it had and took no more, its
+    # credit ran out, and ingest stopped reading: the broker held the rest.
+    assert "▶️ The fan-out takes events again" in gw.decoder(0).log_text()
+    assert paused > 0
+    assert times["taken_late_in_hold"] == 0, times
+    assert out.report.expected == COUNT
+    assert out.report.lost == [], out.report.summary()
+    assert out.report.duplicates == 0, out.report.summary()
+    assert out.report.reordered == 0  # one decoder: per-device order kept through the stall
+    assert counters.frames_lost == 0 and counters.late == 0
+    assert_accounted(counters, out.report.distinct)
+    # Memory stays bounded by the credit window and the queues, not by the stall's length.
+    assert rss_mib["decode"] < 160 and rss_mib["wsfanout"] < 200, rss_mib

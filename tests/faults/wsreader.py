@@ -48,7 +48,7 @@ def _read(url: str, results: mp.connection.Connection, distinct: Any, ready: Any
 
 class ProcessClient:
     """The parts of :class:`tests.faults.client.StreamClient` that ``run_stream`` needs
-    (no arrival stamps: the burst case injects no fault)."""
+    (no arrival stamps, so no silences measured around a fault)."""
 
     def __init__(self, url: str) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs paho threads
