@@ -1,10 +1,12 @@
 """Every thread of every service runs under the policy CPU_SCHEDULING_POLICY names:
 SCHED_BATCH by default (less CPU per message under load, bench/FINDINGS.md), the kernel's
-default with ``other``; anything else stops the service at start-up."""
+default with ``other``; anything else stops the service at start-up. Where the platform
+refuses the policy, the service says so and runs on."""
 
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,9 @@ from services.decode.config import load as load_decode
 from services.ingest.config import load as load_ingest
 from services.wsfanout.config import load as load_wsfanout
 from shared.config import ConfigError
-from tests.support.stack import Stack
+from tests.support.ports import free_endpoint, free_port
+from tests.support.procs import ServiceProcess
+from tests.support.stack import READY, Stack
 
 
 def thread_policies(pid: int) -> dict[str, int]:
@@ -50,3 +54,36 @@ def test_an_unknown_policy_is_a_config_error_naming_the_variable(
 ) -> None:
     with pytest.raises(ConfigError, match="CPU_SCHEDULING_POLICY"):
         load({"CPU_SCHEDULING_POLICY": "fifo"}, [])
+
+
+# Started under SCHED_IDLE, without CAP_SYS_NICE and with RLIMIT_NICE 0, a thread may not
+# leave SCHED_IDLE: the kernel refuses the switch, as a locked-down container can.
+REFUSED = ["chrt", "--idle", "0", "setpriv", "--bounding-set=-sys_nice", "prlimit", "--nice=0"]
+
+
+def test_a_refused_policy_is_logged_and_the_service_runs_on_under_the_one_it_had(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    proc = ServiceProcess(
+        "wsfanout",
+        {
+            "WEBSOCKET_HOST": "127.0.0.1",
+            "WEBSOCKET_PORT": str(port),
+            "ZMQ_EVENTS_BIND": free_endpoint(),
+        },
+        tmp_path,
+        prefix=REFUSED,
+    ).start()
+    try:
+        proc.wait_for_log(READY["wsfanout"], timeout=20)
+        log = proc.log_text()
+        assert "Cannot set the CPU scheduling policy to batch" in log, log
+        assert "Operation not permitted" in log, log
+        assert proc.proc is not None
+        assert set(thread_policies(proc.proc.pid).values()) == {os.SCHED_IDLE}
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200
+        assert proc.stop() == 0
+    finally:
+        proc.kill()

@@ -17,18 +17,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 class ServiceProcess:
     def __init__(
-        self, name: str, env: dict[str, str], workdir: Path, args: list[str] | None = None
+        self,
+        name: str,
+        env: dict[str, str],
+        workdir: Path,
+        args: list[str] | None = None,
+        prefix: list[str] | None = None,
     ) -> None:
+        """``prefix``: a command that execs the service (``chrt``, ``setpriv``, ...)."""
         self.name = name
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOG_LEVEL": "info", **env}
         self.args = args or []
+        self.prefix = prefix or []
         self.log_path = workdir / f"{name}-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServiceProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", f"services.{self.name}", *self.args],
+                [*self.prefix, sys.executable, "-m", f"services.{self.name}", *self.args],
                 env=self.env,
                 cwd=ROOT,
                 stdout=log,
