@@ -50,6 +50,7 @@ def run(config: DecodeConfig) -> int:
             config.zmq_events_connect,
             rcvhwm=config.zmq_raw_rcvhwm,
             sndhwm=config.zmq_events_sndhwm,
+            sndbuf=config.zmq_events_sndbuf,
             rcvbuf=config.zmq_raw_rcvbuf,
             max_msg_size=config.zmq_raw_max_message,
         )

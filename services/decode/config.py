@@ -44,7 +44,15 @@ SETTINGS = (
         "ZMQ_EVENTS_SNDHWM",
         "10000",
         c.integer(1, 10_000_000),
-        "events queued per fan-out link before they are dropped",
+        "events queued per fan-out link; when full the worker holds its events and takes "
+        "no new frames",
+    ),
+    c.Setting(
+        "ZMQ_EVENTS_SNDBUF",
+        "65536",
+        c.integer(0, 64 * 1024 * 1024),
+        "kernel send buffer of each events link in bytes (0 = OS default: megabytes on "
+        "loopback, taken by a stalled link before ZMQ_EVENTS_SNDHWM counts)",
     ),
     c.Setting(
         "ZMQ_RAW_RCVBUF",
@@ -115,6 +123,7 @@ class DecodeConfig:
     zmq_raw_credit: int
     zmq_raw_rcvhwm: int
     zmq_events_sndhwm: int
+    zmq_events_sndbuf: int
     zmq_raw_rcvbuf: int
     zmq_raw_max_message: int
     metrics_host: str
@@ -149,6 +158,7 @@ def load(environ: Mapping[str, str], argv: Sequence[str] | None) -> DecodeConfig
         zmq_raw_credit=values["zmq_raw_credit"],
         zmq_raw_rcvhwm=values["zmq_raw_rcvhwm"],
         zmq_events_sndhwm=values["zmq_events_sndhwm"],
+        zmq_events_sndbuf=values["zmq_events_sndbuf"],
         zmq_raw_rcvbuf=values["zmq_raw_rcvbuf"],
         zmq_raw_max_message=values["zmq_raw_max_message"] or limits.max_payload + FRAME_OVERHEAD,
         metrics_host=values["metrics_host"],

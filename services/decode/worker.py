@@ -563,6 +563,7 @@ def open_sockets(
     sndhwm: int,
     rcvbuf: int,
     max_msg_size: int,
+    sndbuf: int = 0,
 ) -> tuple[list[RawLink], zmq.Socket]:  # type: ignore[type-arg]
     """One DEALER per ingest endpoint (not connected yet: :meth:`Worker.connect` does that
     once a fan-out has subscribed, so until then ingest keeps its frames for workers that
@@ -573,7 +574,9 @@ def open_sockets(
         zmq_util.configure(dealer, hwm=rcvhwm, kernel_buffer=rcvbuf, max_msg_size=max_msg_size)
         links.append(RawLink(dealer, endpoint))
     pub = ctx.socket(zmq.XPUB)
-    zmq_util.configure(pub, hwm=sndhwm)
+    # A bounded kernel buffer too: a stalled link then holds about SNDHWM events, not
+    # megabytes more, before the worker feels it (and a fan-out killed meanwhile loses less).
+    zmq_util.configure(pub, hwm=sndhwm, kernel_buffer=sndbuf)
     # Every subscriber's SUBSCRIBE reaches us (not only the first of a topic), and a full
     # queue fails the send instead of dropping the event.
     pub.setsockopt(zmq.XPUB_VERBOSE, 1)

@@ -88,6 +88,7 @@ async def serve_until_stopped(config: Config) -> int:
         configure(
             sub,
             hwm=config.zmq_events_rcvhwm,
+            kernel_buffer=config.zmq_events_rcvbuf,
             linger_ms=LINGER_MS,
             max_msg_size=config.zmq_events_max_message + 1024,
         )

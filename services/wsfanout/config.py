@@ -38,6 +38,13 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("ZMQ_EVENTS_RCVHWM", "10000", c.integer(1), "SUB receive high-water mark (events)"),
     Setting(
+        "ZMQ_EVENTS_RCVBUF",
+        "65536",
+        c.integer(0, 64 * 1024 * 1024),
+        "kernel receive buffer per decoder link in bytes (0 = OS default: megabytes on "
+        "loopback, lost with the process if it is killed)",
+    ),
+    Setting(
         "ZMQ_EVENTS_MAX_MESSAGE", "1048576", c.integer(1024), "largest event frame accepted (bytes)"
     ),
     Setting(
@@ -200,6 +207,7 @@ class Config:
     websocket_port: int
     zmq_events_bind: str
     zmq_events_rcvhwm: int
+    zmq_events_rcvbuf: int
     zmq_events_max_message: int
     zmq_events_reorder_window: int
     zmq_events_reorder_timeout: float

@@ -343,10 +343,13 @@ def test_f18_stalled_link_to_the_fanout_pushes_back_to_the_broker_and_loses_noth
     def stall() -> None:
         proxy.blackhole()
         cut = time.monotonic()
-        # The decoder's kernel send buffer (autotuned up to 4 MiB on loopback) takes
-        # thousands of events before ZeroMQ's queue even starts to fill.
+        reached_fanout = fanout_counters(gw).received
         gw.decoder(0).wait_for_log("⏸️ The fan-out is not taking events", timeout=20)
         times["pushback_after_s"] = time.monotonic() - cut
+        # Frames the decoder took that never reached the fan-out: its batch, ZeroMQ's queue
+        # (ZMQ_EVENTS_SNDHWM) and the kernel's buffers (ZMQ_EVENTS_SNDBUF, the proxy's).
+        taken = metric(gw.metrics("decode"), "gateway_decode_frames_total")
+        times["in_flight_when_held"] = taken - 1 - reached_fanout  # minus the warm-up
         at_pushback = ingest_value(gw, RECEIVED)
         # Held: the decoder takes no frames and grants no credit; ingest fills what it may
         # hold and stops reading, and from then on the broker holds the stream.
@@ -371,6 +374,7 @@ def test_f18_stalled_link_to_the_fanout_pushes_back_to_the_broker_and_loses_noth
         out.report.__dict__ | {"lost": len(out.report.lost)},
         pushback_after_s=round(times["pushback_after_s"], 2),
         stalled_s=round(times["stalled_s"], 2),
+        decoder_in_flight_when_held=times["in_flight_when_held"],
         ingest_took_while_held=times["taken_while_held"],
         ingest_took_late_in_hold=times["taken_late_in_hold"],
         ingest_read_paused_s=round(paused, 2),
@@ -383,6 +387,9 @@ def test_f18_stalled_link_to_the_fanout_pushes_back_to_the_broker_and_loses_noth
     assert "▶️ The fan-out takes events again" in gw.decoder(0).log_text()
     assert paused > 0
     assert times["taken_late_in_hold"] == 0, times
+    # It held after about its HWM plus 64 KiB of kernel buffer (~100 events each), not the
+    # megabytes (thousands of events) an autotuned loopback buffer takes first.
+    assert times["in_flight_when_held"] < 1000, times
     assert out.report.expected == COUNT
     assert out.report.lost == [], out.report.summary()
     assert out.report.duplicates == 0, out.report.summary()
