@@ -10,13 +10,42 @@ from typing import Any
 
 import pytest
 
-from tests.faults.checks import assert_accounted, ingest_value, settled_counters
+from tests.faults.checks import FanoutCounters, assert_accounted, ingest_value, settled_counters
 from tests.faults.conftest import GatewayFactory
+from tests.faults.gateway import FaultStack
 from tests.faults.harness import http_status
-from tests.faults.scenario import run_stream
+from tests.faults.scenario import Outcome, run_stream
 from tests.support.broker import Broker
 from tests.support.proxy import TcpProxy
 from tests.support.timing import wait_for
+
+
+def restart_until_resubscribed(broker: Broker, gw: FaultStack, sig: int) -> float:
+    """Stop the broker with ``sig``, start it again; seconds until ingest re-subscribed."""
+    broker.restart(sig)
+    up = time.monotonic()
+    wait_for(
+        lambda: gw.ingest.log_text().count("📥 Subscribed to") >= 2, 30, "ingest to re-subscribe"
+    )
+    return time.monotonic() - up
+
+
+def assert_one_reconnect_lost_nothing(
+    gw: FaultStack, out: Outcome, counters: FanoutCounters, published: int
+) -> None:
+    """A broker-side fault ingest rode out: every acknowledged message arrived once, ingest
+    reconnected once and found its session, nothing was lost inside the gateway, and what
+    reached it twice (a re-send, a redelivery) was dropped by its deduplicationId and
+    counted."""
+    assert out.report.expected == published, "the broker did not acknowledge every message"
+    assert out.report.lost == [], out.report.summary()
+    assert out.report.duplicates == 0, out.report.summary()
+    log = gw.ingest.log_text()
+    assert log.count("session present: yes") == 1, log[-2000:]  # the first connect made it
+    assert ingest_value(gw, "gateway_mqtt_session_lost_total") == 0
+    assert ingest_value(gw, "gateway_mqtt_connects_total") == 2
+    assert counters.frames_lost == 0 and counters.late == 0
+    assert_accounted(counters, out.report.distinct)
 
 
 @pytest.mark.timeout(120)
@@ -26,14 +55,8 @@ def test_f1_broker_restart_mid_stream_loses_nothing(
     gw = gateway(decoders=2)
 
     def restart_broker() -> float:
-        broker.restart()  # SIGTERM: Mosquitto writes its persistence file, then starts again
-        up = time.monotonic()
-        wait_for(
-            lambda: gw.ingest.log_text().count("📥 Subscribed to") >= 2,
-            30,
-            "ingest to re-subscribe",
-        )
-        return time.monotonic() - up
+        # SIGTERM: Mosquitto writes its persistence file, then starts again.
+        return restart_until_resubscribed(broker, gw, signal.SIGTERM)
 
     out = run_stream(gw, resources, count=2000, rate=250, fault=restart_broker)
     counters = settled_counters(gw)
@@ -44,19 +67,10 @@ def test_f1_broker_restart_mid_stream_loses_nothing(
         fanout=counters.as_dict(),
     )
 
-    assert out.report.expected == 2000, "the broker did not acknowledge every message"
-    assert out.report.lost == [], out.report.summary()
-    assert out.report.duplicates == 0, out.report.summary()
-    log = gw.ingest.log_text()
     # The session survived the restart (persistence + user root), so nothing had to be
-    # re-queued from scratch, and ingest re-subscribed anyway (RELIABILITY.md §0.5).
-    assert "session present: yes" in log, log[-2000:]
-    assert ingest_value(gw, "gateway_mqtt_session_lost_total") == 0
-    assert ingest_value(gw, "gateway_mqtt_connects_total") == 2
-    assert counters.frames_lost == 0 and counters.late == 0
-    # A publisher re-send after the restart reaches the gateway twice: dropped by its
-    # deduplicationId, and counted.
-    assert_accounted(counters, out.report.distinct)
+    # re-queued from scratch, and ingest re-subscribed anyway (RELIABILITY.md §0.5). A
+    # publisher re-send after the restart reaches the gateway twice.
+    assert_one_reconnect_lost_nothing(gw, out, counters, 2000)
 
 
 @pytest.mark.timeout(120)
@@ -152,17 +166,9 @@ def test_f17_partition_between_broker_and_ingest_is_detected_within_the_keepaliv
     assert times["detected_s"] <= 1.5 * keepalive, times
     log = gw.ingest.log_text()
     assert "no answer to a ping" in log, log[-2000:]
-    # Everything the broker acknowledged while ingest was cut off waited in its session.
-    assert out.report.expected == 1500, "the broker did not acknowledge every message"
-    assert out.report.lost == [], out.report.summary()
-    assert out.report.duplicates == 0, out.report.summary()
-    # The reconnect found the session (the first connect made it).
-    assert log.count("session present: yes") == 1, log[-2000:]
-    assert ingest_value(gw, "gateway_mqtt_connects_total") == 2
-    assert counters.frames_lost == 0 and counters.late == 0
-    # What was read before the cut but acked into it comes again: dropped by its
-    # deduplicationId and counted.
-    assert_accounted(counters, out.report.distinct)
+    # Everything the broker acknowledged while ingest was cut off waited in its session;
+    # what was read before the cut but acked into it comes again.
+    assert_one_reconnect_lost_nothing(gw, out, counters, 1500)
 
 
 @pytest.mark.timeout(120)
@@ -175,14 +181,7 @@ def test_f2_broker_sigkill_mid_stream_the_gateway_loses_nothing_it_received(
     def kill_broker() -> float:
         # No chance to save: what the broker took in since its last autosave (every second
         # here, tests/support/broker.py) and had not passed on yet is gone with it.
-        broker.restart(signal.SIGKILL)
-        up = time.monotonic()
-        wait_for(
-            lambda: gw.ingest.log_text().count("📥 Subscribed to") >= 2,
-            30,
-            "ingest to re-subscribe",
-        )
-        return time.monotonic() - up
+        return restart_until_resubscribed(broker, gw, signal.SIGKILL)
 
     out = run_stream(gw, resources, count=2000, rate=rate, fault=kill_broker)
     counters = settled_counters(gw)
