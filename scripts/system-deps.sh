@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the gateway needs: Mosquitto for `make run`, and for
 # `make test` also Chromium (dashboard tests) and util-linux (chrt, setpriv, prlimit: a
-# service started where the kernel refuses its scheduling policy). Root installs them with apt; anyone else
-# gets one line saying what to install.
+# service started where the kernel refuses its scheduling policy). Root installs them
+# with apt; anyone else gets one line saying what to install.
 set -euo pipefail
 want=(mosquitto)
 [ "${1:-}" = "--test" ] && want+=(mosquitto-clients chromium fonts-liberation util-linux)

@@ -561,9 +561,9 @@ def open_sockets(
     *,
     rcvhwm: int,
     sndhwm: int,
+    sndbuf: int,
     rcvbuf: int,
     max_msg_size: int,
-    sndbuf: int = 0,
 ) -> tuple[list[RawLink], zmq.Socket]:  # type: ignore[type-arg]
     """One DEALER per ingest endpoint (not connected yet: :meth:`Worker.connect` does that
     once a fan-out has subscribed, so until then ingest keeps its frames for workers that

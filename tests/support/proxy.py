@@ -31,7 +31,6 @@ class TcpProxy:
         self._closed = False
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
-        self.accepted = 0  # connections taken from the listener
         self.buffer = buffer
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,7 +79,6 @@ class TcpProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            self.accepted += 1
             self._track(client)
             threading.Thread(target=self._connect, args=(client,), daemon=True).start()
 
