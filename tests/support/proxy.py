@@ -34,11 +34,11 @@ class TcpProxy:
         self.buffer = buffer
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._bound(self._listener)  # accepted sockets inherit the buffer sizes
+        self._size_buffers(self._listener)  # accepted sockets inherit the buffer sizes
         self._listener.bind((self.host, self.port))
         self._listener.listen()
 
-    def _bound(self, sock: socket.socket) -> None:
+    def _size_buffers(self, sock: socket.socket) -> None:
         if self.buffer > 0:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.buffer)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.buffer)
@@ -85,7 +85,7 @@ class TcpProxy:
     def _connect(self, client: socket.socket) -> None:
         self._flowing.wait()
         upstream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._bound(upstream)
+        self._size_buffers(upstream)
         try:
             upstream.settimeout(5)
             upstream.connect(self.target)
