@@ -131,7 +131,12 @@ def test_url_filter_applies_to_live_and_replay(shared_fanout, tenant, case):
 def test_subscribe_message_filters_like_the_url_and_replies_with_the_filter(shared_fanout, tenant):
     fanout, feed = shared_fanout
     specs = mix(tenant)
+    live = collector(fanout.url(tenant=tenant))
     publish(feed, specs)
+    # Subscribe only once the fan-out holds every event, so all of them come by replay.
+    mine = expect(specs, lambda s: s.tenant == tenant)
+    wait_for(lambda: len(live.events()) >= len(mine), 10, "the events reach the fan-out")
+    live.close()
     client = collector(fanout.url(tenant=tenant + "-nothing-yet"))
     client.send(
         {
