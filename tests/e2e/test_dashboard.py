@@ -29,6 +29,8 @@ SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT")
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
+    # expect() keeps its own 5 s default, which the page's default timeout does not change.
+    expect.set_options(timeout=seconds(20) * 1000)
     with sync_playwright() as pw:
         # Playwright's own browser download does not work here: use the system Chromium.
         chromium = pw.chromium.launch(

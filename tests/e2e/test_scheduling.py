@@ -84,8 +84,8 @@ def test_a_refused_policy_is_logged_and_the_service_runs_on_under_the_one_it_had
         assert "Operation not permitted" in log, log
         assert proc.proc is not None
         assert set(thread_policies(proc.proc.pid).values()) == {os.SCHED_IDLE}
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60) as resp:
             assert resp.status == 200
-        assert proc.stop() == 0
+        assert proc.stop(timeout=60) == 0
     finally:
         proc.kill()

@@ -25,11 +25,15 @@ DASHBOARDS = 3
 def restart_fanout_mid_stream(
     gateway: GatewayFactory, resources: list[Any], tmp_path: Path
 ) -> tuple[Outcome, list[StreamClient], list[StreamReport], dict[str, Any]]:
-    """1500 uplinks at 150/s over 50 devices (x 10 buffered: the ~1-2 s outage fits in
-    the replay buffer, so a resuming client can be given everything it missed); SIGTERM
-    the fan-out at ~450, start it again, every dashboard reconnects with epoch + seq."""
+    """1500 uplinks at 150/s over 50 devices (x 30 buffered, ~10 s: the ~1-2 s outage fits
+    in the replay buffer even on a slow machine, so a resuming client can be given
+    everything it missed); SIGTERM the fan-out at ~450, start it again, every dashboard
+    reconnects with epoch + seq."""
     state = tmp_path / "wsfanout-state.json"
-    gw = gateway(decoders=2, env={"WEBSOCKET_STATE_FILE": str(state)})
+    gw = gateway(
+        decoders=2,
+        env={"WEBSOCKET_STATE_FILE": str(state), "WEBSOCKET_REPLAY_SIZE": "30"},
+    )
     clients = [StreamClient(gw.ws_url) for _ in range(DASHBOARDS)]
     resources.extend(clients)
     seen: dict[str, Any] = {"state": state, "gw": gw}

@@ -14,6 +14,7 @@ from paho.mqtt.properties import Properties
 
 from tests.faults.harness import StreamPublisher, analyse, new_stream, uplink, wait_received
 from tests.support.broker import Broker
+from tests.support.timing import seconds
 
 
 def event(stream_run: str, n: int, replay: bool = False) -> dict[str, Any]:
@@ -73,8 +74,13 @@ def test_publisher_loses_nothing_over_a_broker_restart_on_its_own(broker: Broker
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = 300
 
+    subscribed = threading.Event()
+
     def on_connect(client: mqtt.Client, *_: Any) -> None:
         client.subscribe("application/#", qos=1)
+
+    def on_subscribe(*_: Any) -> None:
+        subscribed.set()
 
     def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with lock:
@@ -87,8 +93,10 @@ def test_publisher_loses_nothing_over_a_broker_restart_on_its_own(broker: Broker
 
     sub.on_connect = on_connect
     sub.on_message = on_message
+    sub.on_subscribe = on_subscribe
     sub.connect(broker.host, broker.port, clean_start=False, properties=props)
     sub.loop_start()
+    assert subscribed.wait(seconds(10)), "the baseline subscriber never got its SUBACK"
     pub = StreamPublisher(broker.host, broker.port, stream, rate=300).start()
     try:
         wait_received(View(), stream, 150)

@@ -26,9 +26,10 @@ def test_messages_that_keep_coming_are_read_once_per_window_and_all_arrive_in_or
     frames_out = collect()
     pub = Publisher(broker.host, broker.port)
     total = 40
-    for topic, payload in numbered(total):  # one every 20 ms: ~800 ms of steady traffic
+    start = time.monotonic()
+    for i, (topic, payload) in enumerate(numbered(total)):  # one every 20 ms: ~800 ms
         pub.publish(topic, payload)
-        time.sleep(SPACING_S)
+        time.sleep(max(0.0, start + (i + 1) * SPACING_S - time.monotonic()))
     frames = frames_out.wait_numbers(range(total))
     pub.close()
     assert numbers(frames) == list(range(total))
@@ -36,7 +37,8 @@ def test_messages_that_keep_coming_are_read_once_per_window_and_all_arrive_in_or
     # least a window apart; read one by one they would be ~20 ms apart.
     gaps_ms = [(b.ts - a.ts) / 1e6 for a, b in zip(frames, frames[1:], strict=False)]
     between_reads = [g for g in gaps_ms if g >= SAME_READ_MS]
-    assert all(g < SAME_READ_MS or g >= WINDOW_MS * 0.95 for g in gaps_ms), gaps_ms
+    # One stray gap is allowed for a pass the machine preempted; one-by-one reads make ~39.
+    assert sum(1 for g in between_reads if g < WINDOW_MS * 0.95) <= 1, gaps_ms
     assert len(between_reads) < total // 4, gaps_ms  # several messages per read
 
 
@@ -46,16 +48,20 @@ def test_a_message_after_a_quiet_spell_is_read_at_once(
     start_ingest(MQTT_COALESCE_MS=str(WINDOW_MS))
     frames_out = collect()
     pub = Publisher(broker.host, broker.port)
-    (first, second) = numbered(2)
-    pub.publish_all([first])
+    messages = numbered(4)
+    pub.publish_all(messages[:1])
     frames_out.wait_numbers([0])
-    time.sleep(3 * WINDOW_MS / 1000)  # quiet: the window after the last read is over
-    published = time.time_ns()
-    pub.publish_all([second])
-    frames = frames_out.wait_numbers([1])
+    delays_ms = []
+    for n in range(1, 4):  # three probes: a window delays every one, machine noise only some
+        time.sleep(3 * WINDOW_MS / 1000)  # quiet: the window after the last read is over
+        published = time.time_ns()
+        pub.publish_all(messages[n : n + 1])
+        frames = frames_out.wait_numbers([n])
+        read = dict(zip(numbers(frames), frames, strict=True))[n]
+        delays_ms.append((read.ts - published) / 1e6)
     pub.close()
     # Read without waiting for a window (a window would put it >= 100 ms after publish).
-    assert (frames[1].ts - published) / 1e6 < WINDOW_MS / 2
+    assert min(delays_ms) < WINDOW_MS / 2, delays_ms
 
 
 def reads(frames: list[RawFrame], same_read_ms: float) -> list[list[RawFrame]]:

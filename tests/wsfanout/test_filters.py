@@ -163,9 +163,12 @@ def test_changing_the_filter_mid_stream(shared_fanout, tenant):
     fanout, feed = shared_fanout
     other = tenant + "-other"
     client = collector(fanout.url(tenant=tenant))
+    probe = collector(fanout.url(tenant=other))  # tells when the other tenant's events are held
     feed.send(*(device_event(tenant, "a", "m1", i) for i in range(3)))
     feed.send(*(device_event(other, "a", "m9", 100 + i) for i in range(2)))
     wait_for(lambda: len(client.events()) >= 3, 10, "first tenant's events")
+    probe.wait_events(2)
+    probe.close()
 
     client.send({"op": "subscribe", "filter": {"tenant": other}})
     wait_for(

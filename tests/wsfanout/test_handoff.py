@@ -131,7 +131,7 @@ def test_hand_off_with_a_decoder_that_never_answers_stops_at_its_bound() -> None
             bench.decoder(late=10)
             bench.decoder(late=3, answers=False)
             await bench.connected(2)
-            taken = await bench.fanout.hand_off(bench.sub, bench.peers.update, 0.5)
+            taken = await bench.fanout.hand_off(bench.sub, bench.peers.update, seconds(2))
             # It gave up on the silent one, after taking what both sent.
             assert len(bench.fanout.goodbyes) == 1
             assert taken == 13
