@@ -1,5 +1,6 @@
 """decode faults (RELIABILITY.md §9.1 F11-F14, F18): a replica killed, frozen or stopped,
-all of them gone for a while, or the link from decode to the fan-out stalled.
+all of them gone for a while, the line from ingest to one of them silent, or the link from
+decode to the fan-out stalled.
 
 The raw link is credit-based (ROUTER/DEALER, shared/rawlink.py): ingest sends a decoder
 at most the credit it granted. What a killed decoder held is gone; the gateway's promise
@@ -39,6 +40,7 @@ from tests.support.timing import wait_for
 RECEIVED = "gateway_mqtt_messages_received_total"
 PAUSED = "gateway_ingest_read_paused_seconds_total"
 COUNT, HOLD_S = 20000, 2.5
+UNCONFIRMED = "gateway_mqtt_acks_unconfirmed_total"
 
 # Small queues for the kill cases, so "bounded by the credit" is a tight, checkable number.
 INGEST_SNDHWM, INGEST_SNDBUF = 100, 16384
@@ -401,3 +403,69 @@ def test_f18_stalled_link_to_the_fanout_pushes_back_to_the_broker_and_loses_noth
     assert_accounted(counters, out.report.distinct)
     # Memory stays bounded by the credit window and the queues, not by the stall's length.
     assert rss_mib["decode"] < 160 and rss_mib["wsfanout"] < 200, rss_mib
+
+
+@pytest.mark.timeout(120)
+def test_silent_link_to_one_decoder_delays_only_what_it_was_sent_and_loses_nothing(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object]
+) -> None:
+    """One of two decoders reaches ingest through a line that goes silent (no FIN: a cable,
+    a firewall, a frozen host) for longer than the confirm timeout, then heals. ZeroMQ
+    sees no disconnect, so ingest keeps that decoder's turns until the credit it granted
+    is spent; the other decoder carries the rest. After healing the held frames arrive
+    late: counted as reordered (within ZMQ_EVENTS_REORDER_TIMEOUT), none lost."""
+    credit = 200
+    gw = gateway(
+        decoders=1,
+        env={"ZMQ_EVENTS_REORDER_TIMEOUT": "30"},
+        service_env={"decode": {"ZMQ_RAW_CREDIT": str(credit)}},
+    )
+    proxy = TcpProxy("127.0.0.1", int(gw.raw.rsplit(":", 1)[1])).start()
+    resources.append(proxy)
+    gw.service_env["decode"]["ZMQ_RAW_CONNECT"] = proxy.endpoint
+    gw.start_slot("decode", 1)
+    seen: dict[str, Any] = {}
+
+    def partition() -> None:
+        proxy.blackhole()
+        cut = time.monotonic()
+        before = fanout_counters(gw).accepted
+        try:
+            # Longer than ZMQ_RAW_CONFIRM_TIMEOUT (1 s): ingest acks what is stuck anyway.
+            wait_for(
+                lambda: ingest_value(gw, UNCONFIRMED) > 0,
+                20,
+                "ingest to ack the frames stuck on the silent line",
+            )
+            time.sleep(2)
+            seen["carried_during_cut"] = fanout_counters(gw).accepted - before
+            seen["pending_peak"] = fanout_counters(gw).pending
+        finally:
+            proxy.heal()
+        seen["cut_s"] = time.monotonic() - cut
+
+    out = run_stream(gw, resources, count=2000, rate=250, fault=partition)
+    counters = settled_counters(gw)
+    figures.update(
+        lost=len(out.report.lost),
+        duplicates=out.report.duplicates,
+        reordered_harness_per_device=out.report.reordered,
+        reordered_gateway=counters.reordered,
+        cut_s=round(seen["cut_s"], 2),
+        carried_by_the_other_decoder_during_cut=seen["carried_during_cut"],
+        awaited_at_heal=seen["pending_peak"],
+        acks_unconfirmed=ingest_value(gw, UNCONFIRMED),
+        fanout=counters.as_dict(),
+    )
+    # The healthy decoder kept the stream going while the line was silent ...
+    assert seen["carried_during_cut"] >= 250, seen
+    # ... the silent one was sent no more than its credit, and all of it arrived late.
+    assert 0 < seen["pending_peak"] <= credit, seen
+    assert counters.reordered >= seen["pending_peak"]
+    # Ingest acked them to the broker after the confirm timeout: from then on the gateway's
+    # own queues carried them (a line that never heals loses them, counted in frames_lost).
+    assert ingest_value(gw, UNCONFIRMED) >= seen["pending_peak"]
+    assert out.report.lost == [], out.report.summary()
+    assert out.report.duplicates == 0, out.report.summary()
+    assert counters.frames_lost == 0 and counters.late == 0
+    assert_accounted(counters, out.report.distinct)
