@@ -195,7 +195,7 @@ class Worker:
         decoder: Decoder,
         metrics: Metrics,
         max_frame: int,
-        credit: int = 1000,
+        credit: int,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.links = links
