@@ -194,3 +194,36 @@ def test_garbage_between_good_uplinks_is_reported_and_nothing_dies(
         "uplinks after the garbage",
     )
     assert "Traceback" not in stack.logs()
+
+
+def test_oversized_payloads_are_refused_unparsed_and_the_stream_goes_on(
+    gateway: Callable[..., Stack], publisher: Publisher, clients: list[Collector]
+) -> None:
+    """RELIABILITY.md B4 through the whole pipeline (limit 256 KiB, DECODE_MAX_PAYLOAD).
+    Over the limit but within a raw frame's room: decode refuses it unparsed, an ``_error``
+    event of reason ``size``. Over what a decoder takes at all (ZMQ_RAW_MAX_MESSAGE, ~321
+    KiB): ingest drops it before ZeroMQ would cut the link, and logs and counts it."""
+    stack = gateway()
+    client = StrictCollector(stack.ws_url)
+    clients.append(client)
+    good = uplinks(devices(2), per_device=3)
+    topic = good[0].topic
+    over_limit = b'{"pad": "' + b"x" * (300 * 1024) + b'"}'
+    huge = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+    publish(publisher, [good[0], (topic, over_limit), good[1], (topic, huge), *good[2:]])
+
+    wait_for(lambda: len(client.events()) >= len(good) + 1, 30, "the uplinks and one error event")
+    wait_for(lambda: "dropped: its frame is" in stack.logs(), 10, "ingest's log line")
+    after = uplinks(devices(1), per_device=1, first_f_cnt=50)  # arrives after both were handled
+    publish(publisher, after)
+    wait_for(lambda: len(client.events()) >= len(good) + 2, 20, "the uplink sent after them")
+    events = client.events()
+    errors = [m for m in events if m["event"] == "error"]
+    assert [m["error"]["reason"] for m in errors] == ["size"], errors
+    assert str(len(over_limit)) in errors[0]["error"]["detail"]
+    ups = [m for m in events if m["event"] == "up"]
+    # Every good uplink, the ones right after each refused payload too.
+    assert sorted(key_of(m) for m in ups) == sorted(by_device_fcnt([*good, *after]))
+    assert stack.logs().count("dropped: its frame is") == 1  # the 1 MB one, in ingest
+    assert all(p.running for p in stack.all_procs()), stack.logs()
+    assert "Traceback" not in stack.logs()

@@ -211,3 +211,19 @@ def test_a_token_protocol_alone_still_connects_without_echo(start_fanout):
     fanout = start_fanout()
     reply = raw_upgrade(fanout.port, "/", {"Sec-WebSocket-Protocol": "token.abc"})
     assert reply.startswith(b"HTTP/1.1 101") and b"token.abc" not in reply
+
+
+def test_compression_offered_by_a_client_is_declined(start_fanout, open_feed):
+    """permessage-deflate stays off (RELIABILITY.md W10: memory per idle client, CRIME-like
+    leaks): a browser offering it gets a plain connection and uncompressed frames."""
+    fanout = start_fanout()
+    offer = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
+    reply = raw_upgrade(fanout.port, "/", offer)
+    assert reply.startswith(b"HTTP/1.1 101"), reply[:200]
+    assert b"sec-websocket-extensions" not in reply.lower(), reply
+    client = collector(fanout.url(), compression="deflate")  # what a library client offers
+    feed = open_feed(fanout)
+    feed.send(device_event(device="m1", value=7))
+    assert [value_of(m) for m in client.wait_events(1)] == [7]
+    assert client.conn.protocol.extensions == []
+    client.close()
