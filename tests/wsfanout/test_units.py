@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from services.wsfanout.config import load
 from services.wsfanout.filters import (
     DEVICE,
     ERROR,
@@ -182,3 +183,11 @@ def test_tokens_are_checked_by_hash_and_documents_validated():
     ):
         with pytest.raises(TokenError):
             parse_document(bad, "test")
+
+
+def test_the_events_link_is_bound_on_loopback_by_default() -> None:
+    """The ZeroMQ links carry no authentication (RELIABILITY.md Z2): by default the
+    fan-out takes events only from this host; WebSocket clients are served on all."""
+    c = load({}, [])
+    assert c.zmq_events_bind == "tcp://127.0.0.1:5558"
+    assert (c.websocket_host, c.websocket_port) == ("0.0.0.0", 8765)
