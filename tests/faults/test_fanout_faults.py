@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 from tests.faults.checks import settled_counters
 from tests.faults.client import StreamClient
 from tests.faults.conftest import GatewayFactory
-from tests.faults.harness import StreamReport, analyse, numbers, wait_received
+from tests.faults.harness import StreamPublisher, StreamReport, analyse, numbers, wait_received
 from tests.faults.scenario import Outcome, run_stream
 from tests.support.timing import wait_for
 
@@ -23,7 +25,12 @@ DASHBOARDS = 3
 
 
 def restart_fanout_mid_stream(
-    gateway: GatewayFactory, resources: list[Any], tmp_path: Path
+    gateway: GatewayFactory,
+    resources: list[Any],
+    tmp_path: Path,
+    dashboards: int = DASHBOARDS,
+    count: int = 1500,
+    rate: float = 150,
 ) -> tuple[Outcome, list[StreamClient], list[StreamReport], dict[str, Any]]:
     """1500 uplinks at 150/s over 50 devices (x 30 buffered, ~10 s: the ~1-2 s outage fits
     in the replay buffer even on a slow machine, so a resuming client can be given
@@ -34,7 +41,7 @@ def restart_fanout_mid_stream(
         decoders=2,
         env={"WEBSOCKET_STATE_FILE": str(state), "WEBSOCKET_REPLAY_SIZE": "30"},
     )
-    clients = [StreamClient(gw.ws_url) for _ in range(DASHBOARDS)]
+    clients = [StreamClient(gw.ws_url) for _ in range(dashboards)]
     resources.extend(clients)
     seen: dict[str, Any] = {"state": state, "gw": gw}
 
@@ -49,16 +56,23 @@ def restart_fanout_mid_stream(
         fresh = StreamClient(gw.ws_url)
         resources.append(fresh)
         seen["fresh"] = fresh
-        seen["reconnect_s"] = [round(c.reconnect(), 3) for c in clients]
+        # Every dashboard reconnects at once, as they do after a restart.
+        started = time.monotonic()
+        with ThreadPoolExecutor(len(clients)) as pool:
+            seen["reconnect_s"] = [round(t, 3) for t in pool.map(reconnect, clients)]
+        seen["all_reconnected_s"] = round(time.monotonic() - started, 3)
+
+    def reconnect(client: StreamClient) -> float:
+        return client.reconnect()
 
     def out_stream() -> Any:
-        return resources[DASHBOARDS].stream  # the publisher run_stream appended
+        return next(r for r in resources if isinstance(r, StreamPublisher)).stream
 
     out = run_stream(
         gw,
         resources,
-        count=1500,
-        rate=150,
+        count=count,
+        rate=rate,
         devices=50,
         fault=restart_fanout,
         collector=clients[0],
@@ -104,11 +118,41 @@ def test_f15_fanout_sigterm_and_restart_clients_resume_without_loss_or_repeats(
     # History survives: a dashboard opened after the restart is replayed events from before it.
     assert fresh_replay and min(fresh_replay) <= seen["last_before"]
     # Every event reached every dashboard, live or in the replay after the reconnect...
-    assert [r.lost for r in reports] == [[]] * DASHBOARDS, [r.summary() for r in reports]
+    assert [r.lost for r in reports] == [[]] * len(clients), [r.summary() for r in reports]
     # ...and none twice: the resume skipped what each one already had.
-    assert [r.duplicates for r in reports] == [0] * DASHBOARDS, [r.summary() for r in reports]
+    assert [r.duplicates for r in reports] == [0] * len(clients), [r.summary() for r in reports]
     # The fan-out saved where every source stood, so nothing across the restart is a gap.
     assert seen["counters"].frames_lost == 0
+
+
+STORM = 40
+
+
+@pytest.mark.timeout(180)
+def test_w3_every_dashboard_reconnecting_at_once_resumes_without_loss_or_repeats(
+    gateway: GatewayFactory, resources: list[Any], figures: dict[str, object], tmp_path: Path
+) -> None:
+    """RELIABILITY.md W3: after a fan-out restart all dashboards come back at the same
+    moment, each asking to resume from its own last seq; each is told how the stream
+    picks up and gets exactly what it missed."""
+    out, clients, reports, seen = restart_fanout_mid_stream(
+        gateway, resources, tmp_path, dashboards=STORM, count=600, rate=60
+    )
+    notices = [[m for m in c.controls() if m.get("type") == "resume"] for c in clients]
+    figures.update(
+        dashboards=STORM,
+        all_reconnected_s=seen["all_reconnected_s"],
+        slowest_reconnect_s=max(seen["reconnect_s"]),
+        resume_status=sorted({str(n[0].get("status")) if n else "none" for n in notices}),
+        lost=sum(len(r.lost) for r in reports),
+        duplicates=sum(r.duplicates for r in reports),
+        fanout_after_restart=seen["counters"].as_dict(),
+    )
+    assert set(seen["close_codes"]) == {1001}, seen["close_codes"]
+    assert all(len(n) == 1 and n[0].get("status") == "ok" for n in notices), notices
+    assert [r.lost for r in reports] == [[]] * STORM, [r.summary() for r in reports if r.lost]
+    assert [r.duplicates for r in reports] == [0] * STORM
+    assert seen["counters"].frames_lost == 0 and seen["counters"].dropped_slow == 0
 
 
 @pytest.mark.timeout(120)
