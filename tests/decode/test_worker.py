@@ -247,21 +247,37 @@ def test_good_and_garbage_interleaved(
 def test_an_error_flood_is_counted_exactly_but_logged_rarely(
     services: list[ServiceProcess], tmp_path: Path, peers: Peers
 ) -> None:
-    proc = start_decoder(services, tmp_path, peers)
-    for seq in range(1, 2001):
-        peers.send(UP, b"{broken", seq)
-    peers.send(UP, good(1), 2001)
-    reasons = []
-    while True:
+    """RELIABILITY.md B14: 5,000 bad payloads with a good uplink after every tenth. Every
+    good one comes through in order, every bad one is an _error event and counted, and
+    the log gets a line per 10 s per reason, not one per payload."""
+    port = free_port()
+    proc = start_decoder(services, tmp_path, peers, METRICS_PORT=str(port))
+    bad, good_seqs = 0, []
+    for seq in range(1, 5501):
+        if seq % 11 == 0:
+            peers.send(UP, good(seq), seq)
+            good_seqs.append(seq)
+        else:
+            peers.send(UP, b"{broken", seq)
+            bad += 1
+    ups, reasons = [], []
+    while len(ups) + len(reasons) < 5500:
         event = peers.recv()
-        assert event is not None
+        assert event is not None, f"{len(ups)} good and {len(reasons)} errors arrived"
         if event.body["event"] == "up":
-            break
-        reasons.append(event.body["error"]["reason"])
-    assert reasons == ["json"] * 2000
-    assert (
-        proc.log_text().count("Could not decode") <= 3
-    )  # RateLimitedLog: one line per 10 s per reason
+            ups.append(event.body["seq"])
+        else:
+            reasons.append(event.body["error"]["reason"])
+    assert ups == good_seqs
+    assert reasons == ["json"] * bad
+    counts = wait_for(
+        lambda: (m := metrics(port))['gateway_decode_errors_total{reason="json"}'] >= bad and m,
+        10,
+    )
+    assert counts['gateway_decode_errors_total{reason="json"}'] == bad
+    assert counts['gateway_decode_events_total{event="up"}'] == peers.probes + len(good_seqs)
+    # RateLimitedLog: one line per 10 s per reason
+    assert proc.log_text().count("Could not decode") <= 3
     assert proc.stop() == 0
 
 
