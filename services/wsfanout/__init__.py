@@ -6,6 +6,7 @@ Modules, from the edge inwards:
 - ``app``: ``main(argv)``, the ``token`` sub-command, signals and shutdown.
 - ``config``: settings (environment variables, flags) → frozen :class:`Config`.
 - ``gate``: the HTTP side of the handshake: routes, Origin, tokens, URL parameters.
+- ``handshakes``: handshakes websockets refuses before the gate sees them, counted.
 - ``fanout``: the core: receive events, number them, keep history, dispatch, client ops.
 - ``client``: one WebSocket client: filter, scope, bounded queue, relay task.
 - ``index``: clients indexed by what they subscribed to.

@@ -28,6 +28,7 @@ from services.wsfanout.config import SECRET_FIELDS, Config, load
 from services.wsfanout.fanout import Fanout
 from services.wsfanout.gate import Gate, select_subprotocol
 from services.wsfanout.handoff import HANDOFF_SECONDS
+from services.wsfanout.handshakes import counted_connection
 from services.wsfanout.metrics import Metrics
 from shared import service
 from shared.zmq_util import LINGER_MS, Connections, bind, configure
@@ -97,11 +98,13 @@ async def serve_until_stopped(config: Config) -> int:
         peers = Connections(sub)  # watching before bind: no connection goes uncounted
         peers.watch(loop)
         bind(sub, config.zmq_events_bind, "Events SUB")
+        gate = Gate(config, fanout, metrics)
         server = await serve(
             fanout.handle,
             config.websocket_host,
             config.websocket_port,
-            process_request=Gate(config, fanout, metrics).process_request,
+            create_connection=counted_connection(gate.refused_early),
+            process_request=gate.process_request,
             select_subprotocol=select_subprotocol,
             compression=None,  # permessage-deflate triples idle memory; CRIME-like leaks
             open_timeout=config.websocket_open_timeout,

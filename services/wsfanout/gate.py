@@ -189,6 +189,12 @@ class Gate:
             )
         return _text(status, f"{http.HTTPStatus(status).phrase}: {why}", extra)
 
+    def refused_early(self, label: str, why: str, conn: ServerConnection) -> None:
+        """A handshake websockets refused before :meth:`process_request` (handshakes.py)."""
+        self.metrics.rejected(label)
+        peer = _peer(conn)
+        self._log.warning(f"refuse-{label}", "🚫 Refused %s: %s (%s)", peer, why, label)
+
     def _http(self, path: str) -> Response:
         if path in ("/", "/index.html"):
             try:

@@ -63,7 +63,8 @@ class Metrics:
         self.clients = Gauge(P + "clients", "Connected WebSocket clients", registry=r)
         self._rejected = Counter(
             P + "handshakes_rejected",
-            "WebSocket handshakes refused, by HTTP status",
+            "WebSocket handshakes refused, by HTTP status, or invalid (not HTTP) and "
+            "timeout (no whole request within WEBSOCKET_OPEN_TIMEOUT)",
             ["status"],
             registry=r,
         )
@@ -94,7 +95,7 @@ class Metrics:
         self._bad_frames.labels(reason).inc()
         self.dropped_bad_frame.inc()
 
-    def rejected(self, status: int) -> None:
+    def rejected(self, status: int | str) -> None:
         self._rejected.labels(str(status)).inc()
 
     def closed(self, reason: str) -> None:

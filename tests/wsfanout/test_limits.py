@@ -17,7 +17,14 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.timing import seconds, wait_for
-from tests.wsfanout.helpers import Fanout, collector, device_event, tiny_buffer_client, value_of
+from tests.wsfanout.helpers import (
+    Fanout,
+    collector,
+    device_event,
+    raw_upgrade,
+    tiny_buffer_client,
+    value_of,
+)
 
 T = TypeVar("T")
 
@@ -87,6 +94,38 @@ def test_slowloris_handshakes_are_dropped_at_the_open_timeout(start_fanout):
                 assert sock.recv(1024) == b""  # the server closed it
             sock.close()
     assert fanout.health()["clients"] == 0
+    assert fanout.wait_metric(REJECTED, 2, status="timeout") == 2
+    assert "no complete request within the open timeout (timeout)" in fanout.log()
+
+
+REJECTED = "gateway_wsfanout_handshakes_rejected_total"
+
+
+def test_requests_websockets_cannot_read_are_refused_counted_and_logged(start_fanout):
+    """A request line over 8 KiB gets 414, header fields over 8 KiB or more than 128 of
+    them 431, bytes that are not HTTP a closed connection; each is counted and logged
+    (once per 10 s per kind). A connection closed before it sent a request is a probe,
+    not bad input: neither counted nor logged."""
+    fanout = start_fanout()
+    assert raw_upgrade(fanout.port, "/" + "a" * 10_000).startswith(b"HTTP/1.1 414")
+    assert raw_upgrade(fanout.port, "/", {"X-Big": "b" * 20_000}).startswith(b"HTTP/1.1 431")
+    many = {f"X-H{i}": "v" for i in range(300)}
+    assert raw_upgrade(fanout.port, "/", many).startswith(b"HTTP/1.1 431")
+    for data in (b"\x16\x03\x01\x02\x00 TLS to a plain port\r\n\r\n", b""):
+        with socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(10)) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(ConnectionResetError):
+                assert s.recv(1024) == b""  # closed, no HTTP response to bytes that are not HTTP
+    assert fanout.wait_metric(REJECTED, 1, status="invalid") == 1
+    assert fanout.metric(REJECTED, status="414") == 1
+    assert fanout.metric(REJECTED, status="431") == 2
+    log = fanout.log()
+    assert "request line too long (414)" in log and "not a valid HTTP request" in log
+    assert log.count("header fields too large or too many (431)") == 1  # rate-limited
+    assert sum(fanout.metric(REJECTED, status=s) for s in ("timeout", "400")) == 0
+    # Still serving.
+    assert raw_upgrade(fanout.port, "/").startswith(b"HTTP/1.1 101")
 
 
 async def _reader(url: str, got: list[tuple[int, float]], ready: asyncio.Event, total: int) -> None:
