@@ -28,7 +28,7 @@ from services.wsfanout.config import SECRET_FIELDS, Config, load
 from services.wsfanout.fanout import Fanout
 from services.wsfanout.gate import Gate, select_subprotocol
 from services.wsfanout.handoff import HANDOFF_SECONDS
-from services.wsfanout.handshakes import counted_connection
+from services.wsfanout.handshakes import Handshakes
 from services.wsfanout.metrics import Metrics
 from shared import service
 from shared.zmq_util import LINGER_MS, Connections, bind, configure
@@ -99,11 +99,12 @@ async def serve_until_stopped(config: Config) -> int:
         peers.watch(loop)
         bind(sub, config.zmq_events_bind, "Events SUB")
         gate = Gate(config, fanout, metrics)
+        handshakes = Handshakes(gate.refused_early)
         server = await serve(
             fanout.handle,
             config.websocket_host,
             config.websocket_port,
-            create_connection=counted_connection(gate.refused_early),
+            create_connection=handshakes.connection_class,
             process_request=gate.process_request,
             select_subprotocol=select_subprotocol,
             compression=None,  # permessage-deflate triples idle memory; CRIME-like leaks
@@ -156,6 +157,7 @@ async def serve_until_stopped(config: Config) -> int:
                 HANDOFF_SECONDS,
             )
         server.close()  # stop accepting; close open connections with 1001
+        handshakes.abort_opening()  # not clients yet: nothing to close politely
         if not await _wait(server.wait_closed(), config.websocket_shutdown_timeout, hurry):
             logger.warning("⚠️ %d clients did not close in time: dropping them", len(fanout.index))
             fanout.abort_all()

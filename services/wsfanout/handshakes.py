@@ -6,7 +6,8 @@ finish the handshake within ``WEBSOCKET_OPEN_TIMEOUT``, all without a log line a
 level and without calling ``process_request``. Those are hostile or broken clients, so
 they are counted in ``gateway_wsfanout_handshakes_rejected_total`` and logged (rate
 limited) like the gate's own refusals. A connection closed before it sent a whole request
-(a TCP health check, a port scan) is not bad input and is neither.
+(a TCP health check, a port scan) is not bad input and is neither. At shutdown the
+connections still in their handshake are dropped at once: they are not clients yet.
 """
 
 from __future__ import annotations
@@ -44,19 +45,37 @@ def refusal(exc: BaseException | None) -> tuple[str, str] | None:
     return None
 
 
-def counted_connection(on_refused: OnRefused) -> type[ServerConnection]:
-    """A ServerConnection (``serve(create_connection=...)``) that reports handshakes
-    websockets refused on its own, and those that ran out of time."""
+class Handshakes:
+    """Connections in their opening handshake: counted when websockets refuses them or
+    they run out of time, and dropped at shutdown (they are not clients yet, so nothing
+    is lost, and a port scanner must not hold the stop for the open timeout)."""
 
-    class CountedConnection(ServerConnection):
-        async def handshake(self, *args: Any, **kwargs: Any) -> None:
-            try:
-                await super().handshake(*args, **kwargs)
-            except asyncio.CancelledError:  # WEBSOCKET_OPEN_TIMEOUT (or shutdown)
-                if self.request is None:
-                    on_refused("timeout", "no complete request within the open timeout", self)
-                raise
-            if self.request is None and (found := refusal(self.protocol.handshake_exc)):
-                on_refused(*found, self)
+    def __init__(self, on_refused: OnRefused) -> None:
+        self.opening: set[ServerConnection] = set()
+        self.connection_class = self._connection_class(on_refused)
 
-    return CountedConnection
+    def _connection_class(self, on_refused: OnRefused) -> type[ServerConnection]:
+        opening = self.opening
+
+        class CountedConnection(ServerConnection):
+            async def handshake(self, *args: Any, **kwargs: Any) -> None:
+                opening.add(self)
+                try:
+                    await super().handshake(*args, **kwargs)
+                except asyncio.CancelledError:  # WEBSOCKET_OPEN_TIMEOUT
+                    if self.request is None:
+                        on_refused("timeout", "no complete request within the open timeout", self)
+                    raise
+                finally:
+                    opening.discard(self)
+                if self.request is None and (found := refusal(self.protocol.handshake_exc)):
+                    on_refused(*found, self)
+
+        return CountedConnection
+
+    def abort_opening(self) -> int:
+        """Drop every connection still in its handshake; how many there were."""
+        dropped = list(self.opening)
+        for conn in dropped:
+            conn.transport.abort()
+        return len(dropped)

@@ -149,6 +149,26 @@ def test_sigterm_closes_clients_with_1001_saves_state_and_exits_0(
     )
 
 
+def test_a_connection_still_in_its_handshake_does_not_hold_the_stop(start_fanout):
+    """A port scanner or a half-sent request is not a client: at SIGTERM it is dropped at
+    once instead of holding the stop for the open timeout, and it is not counted as a
+    refused handshake."""
+    fanout = start_fanout({"WEBSOCKET_OPEN_TIMEOUT": "60", "WEBSOCKET_SHUTDOWN_TIMEOUT": "60"})
+    client = collector(fanout.url())
+    with (
+        socket.create_connection(("127.0.0.1", fanout.port)) as silent,
+        socket.create_connection(("127.0.0.1", fanout.port)) as partial,
+    ):
+        partial.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        wait_for(lambda: fanout.metric("gateway_wsfanout_clients") == 1, 10, "the client")
+        assert fanout.stop(timeout=30) == 0
+        for sock in (silent, partial):
+            assert sock.recv(1024) == b""  # dropped without a response
+    log = fanout.log()
+    assert "did not close in time" not in log and "Refused" not in log, log[-2000:]
+    wait_for(lambda: close_code(client) == 1001, 10, "the client closed with 1001 as usual")
+
+
 def test_sigint_stops_cleanly_too(start_fanout):
     fanout = start_fanout()
     client = collector(fanout.url())
