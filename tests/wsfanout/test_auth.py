@@ -22,6 +22,7 @@ from tests.wsfanout.helpers import (
     gateway_event,
     raw_upgrade,
     token_add,
+    value_of,
 )
 
 
@@ -120,6 +121,44 @@ def test_token_by_query_bearer_or_subprotocol_and_never_in_a_log_line(secured):
 def leaks(client: Any, allowed: set[str]) -> list[dict[str, Any]]:
     """Events outside the allowed tenants (gateway and error events have no tenant)."""
     return [m for m in client.events() if m.get("device", {}).get("tenant") not in allowed]
+
+
+# Names a hostile or careless network server could give a tenant, each one byte or one
+# character away from "tenant-a" or starting with it (RELIABILITY.md B12).
+LOOKALIKES = [
+    "tenant-a/evil",
+    "tenant-a%2Fevil",
+    "tenant-a\u2215evil",  # DIVISION SLASH
+    "tenant-a+",
+    "tenant-a#",
+    "tenant-a ",
+    "TENANT-A",
+    "tenant-a" + "x" * 5000,
+]
+
+
+def test_names_that_only_look_like_a_tenant_never_reach_its_token(secured):
+    fanout, feed, tokens, _ = secured
+    live = collector(fanout.url(token=tokens["a"]))
+    wildcard = collector(fanout.url(token=tokens["a"], tenant="tenant-a"))
+    for n, name in enumerate(LOOKALIKES):
+        feed.send(device_event(name, "app-1", f"m{n}", n))
+    feed.send(device_event("tenant-a", "app-1", "a-m1", 99))  # the only one a may see
+    fanout.wait_metric("gateway_wsfanout_events_accepted_total", len(LOOKALIKES) + 1)
+    late = collector(fanout.url(token=tokens["a"]))  # through replay
+    admin = collector(fanout.url(token=tokens["admin"]))
+    # Everything arrived, names intact, so the test looked at the hostile names.
+    assert {m["device"]["tenant"] for m in admin.wait_events(len(LOOKALIKES) + 1)} == {
+        *LOOKALIKES,
+        "tenant-a",
+    }
+    for client in (live, wildcard, late):
+        # 99 was sent last: a leaked event would have arrived before it.
+        wait_for(lambda c=client: 99 in [value_of(m) for m in c.events()], 10, "tenant-a's event")
+        assert leaks(client, {"tenant-a"}) == []
+        assert [value_of(m) for m in client.events()] == [99]
+        client.close()
+    admin.close()
 
 
 def test_a_tenant_token_never_sees_another_tenant_live_or_in_replay_whatever_it_asks(secured):
