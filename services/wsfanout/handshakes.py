@@ -30,8 +30,8 @@ OnRefused = Callable[[str, str, ServerConnection], None]
 
 def refusal(exc: BaseException | None) -> tuple[str, str] | None:
     """Why websockets refused a request it could not read: ``(label, why)`` for the
-    counter and the log, or None when there is nothing to report (no failure, or the
-    peer closed the connection before sending a whole request line)."""
+    counter and the log, or None when there is nothing to report (no failure, or a peer
+    that closed the connection without sending a byte)."""
     if exc is None:
         return None
     if isinstance(exc, RequestLineTooLong):
@@ -39,10 +39,25 @@ def refusal(exc: BaseException | None) -> tuple[str, str] | None:
     if isinstance(exc, HeaderLineTooLong | TooManyHeaders):
         return "431", "header fields too large or too many"
     if isinstance(exc, InvalidMessage):
-        if isinstance(exc.__cause__, EOFError):
-            return None  # closed before a whole request: a probe or a give-up, not bad input
-        return "invalid", f"not a valid HTTP request ({exc.__cause__ or exc})"
+        if _closed_silently(exc):
+            return None  # a TCP health check or a port scan: not bad input
+        # websockets reads up to 8 KiB of the peer's bytes into its message: keep it short.
+        shown = repr(str(exc.__cause__ or exc)[:120])
+        return "invalid", f"not a valid HTTP request ({shown})"
     return None
+
+
+def _closed_silently(exc: BaseException) -> bool:
+    """Closed before the first byte. Any other end of stream (a line without CRLF, which
+    includes TLS sent to a plain port, or a request cut short) is a bad request."""
+    reading = exc.__cause__
+    root = reading.__cause__ if reading is not None else None
+    return (
+        isinstance(reading, EOFError)
+        and "request line" in str(reading)
+        and isinstance(root, EOFError)
+        and str(root).startswith("stream ends after 0 bytes")
+    )
 
 
 class Handshakes:
@@ -52,29 +67,41 @@ class Handshakes:
 
     def __init__(self, on_refused: OnRefused) -> None:
         self.opening: set[ServerConnection] = set()
+        self.closing = False
         self.connection_class = self._connection_class(on_refused)
 
     def _connection_class(self, on_refused: OnRefused) -> type[ServerConnection]:
-        opening = self.opening
+        handshakes = self
 
         class CountedConnection(ServerConnection):
             async def handshake(self, *args: Any, **kwargs: Any) -> None:
-                opening.add(self)
+                if handshakes.closing:  # accepted while the server was closing
+                    self.transport.abort()
+                handshakes.opening.add(self)
                 try:
                     await super().handshake(*args, **kwargs)
-                except asyncio.CancelledError:  # WEBSOCKET_OPEN_TIMEOUT
-                    if self.request is None:
-                        on_refused("timeout", "no complete request within the open timeout", self)
+                except asyncio.CancelledError:  # the open timeout, or the loop ending
+                    if self.request is None and not handshakes.closing:
+                        # A refused client that kept its socket open ends up here too.
+                        why = refusal(self.protocol.handshake_exc)
+                        on_refused(
+                            *(why or ("timeout", "no complete request within the open timeout")),
+                            self,
+                        )
                     raise
                 finally:
-                    opening.discard(self)
+                    handshakes.opening.discard(self)
+                if handshakes.closing:
+                    return  # we dropped it ourselves
                 if self.request is None and (found := refusal(self.protocol.handshake_exc)):
                     on_refused(*found, self)
 
         return CountedConnection
 
     def abort_opening(self) -> int:
-        """Drop every connection still in its handshake; how many there were."""
+        """At shutdown: drop every connection still in its handshake, and any accepted
+        from now on; how many there were."""
+        self.closing = True
         dropped = list(self.opening)
         for conn in dropped:
             conn.transport.abort()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import ssl
 import statistics
 import threading
 import time
@@ -101,31 +102,59 @@ def test_slowloris_handshakes_are_dropped_at_the_open_timeout(start_fanout):
 REJECTED = "gateway_wsfanout_handshakes_rejected_total"
 
 
+def tls_client_hello() -> bytes:
+    """The first bytes a TLS client sends: what a wss:// URL sends to a plain ws:// port."""
+    tls = ssl.create_default_context().wrap_bio(
+        ssl.MemoryBIO(), outgoing := ssl.MemoryBIO(), server_hostname="localhost"
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def send_and_close(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=seconds(10)) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(ConnectionResetError):
+            return s.recv(1024)
+    return b""
+
+
 def test_requests_websockets_cannot_read_are_refused_counted_and_logged(start_fanout):
     """A request line over 8 KiB gets 414, header fields over 8 KiB or more than 128 of
     them 431, bytes that are not HTTP a closed connection; each is counted and logged
-    (once per 10 s per kind). A connection closed before it sent a request is a probe,
-    not bad input: neither counted nor logged."""
-    fanout = start_fanout()
+    (once per 10 s per kind), also when the client keeps its socket open afterwards. A
+    connection closed before it sent a byte is a probe, not bad input: neither."""
+    fanout = start_fanout({"WEBSOCKET_OPEN_TIMEOUT": "2"})
     assert raw_upgrade(fanout.port, "/" + "a" * 10_000).startswith(b"HTTP/1.1 414")
     assert raw_upgrade(fanout.port, "/", {"X-Big": "b" * 20_000}).startswith(b"HTTP/1.1 431")
     many = {f"X-H{i}": "v" for i in range(300)}
     assert raw_upgrade(fanout.port, "/", many).startswith(b"HTTP/1.1 431")
-    for data in (b"\x16\x03\x01\x02\x00 TLS to a plain port\r\n\r\n", b""):
-        with socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(10)) as s:
-            s.sendall(data)
-            s.shutdown(socket.SHUT_WR)
-            with contextlib.suppress(ConnectionResetError):
-                assert s.recv(1024) == b""  # closed, no HTTP response to bytes that are not HTTP
-    assert fanout.wait_metric(REJECTED, 1, status="invalid") == 1
-    assert fanout.metric(REJECTED, status="414") == 1
-    assert fanout.metric(REJECTED, status="431") == 2
+    # Refused, and then the client just sits there until the open timeout.
+    with socket.create_connection(("127.0.0.1", fanout.port), timeout=seconds(10)) as held:
+        held.sendall(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n")
+        assert held.recv(1024).startswith(b"HTTP/1.1 414")
+        assert fanout.wait_metric(REJECTED, 2, status="414") == 2
+    not_http = [
+        tls_client_hello(),  # wss:// to a ws:// port
+        b"GET / HTTP/1.1\nHost: x\n\n",  # bare LF
+        bytes(range(256)),
+    ]
+    for data in not_http:
+        assert send_and_close(fanout.port, data) == b""  # closed, no HTTP response
+    assert send_and_close(fanout.port, b"") == b""  # a probe
+    assert fanout.wait_metric(REJECTED, len(not_http), status="invalid") == len(not_http)
+    assert fanout.wait_metric(REJECTED, 2, status="431") == 2
     log = fanout.log()
     assert "request line too long (414)" in log and "not a valid HTTP request" in log
     assert log.count("header fields too large or too many (431)") == 1  # rate-limited
+    # The peer's bytes appear only as a short repr: no 8 KiB lines, no raw control bytes.
+    refused = [line for line in log.splitlines() if "Refused" in line]
+    assert refused and all(len(line) < 400 and "\x1b" not in line for line in refused)
+    # The probe was not counted, and nothing above was mistaken for a slow client.
     assert sum(fanout.metric(REJECTED, status=s) for s in ("timeout", "400")) == 0
-    # Still serving.
-    assert raw_upgrade(fanout.port, "/").startswith(b"HTTP/1.1 101")
+    assert raw_upgrade(fanout.port, "/").startswith(b"HTTP/1.1 101")  # still serving
 
 
 async def _reader(url: str, got: list[tuple[int, float]], ready: asyncio.Event, total: int) -> None:
