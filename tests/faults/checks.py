@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from tests.faults.gateway import FaultStack
-from tests.faults.harness import metric
+from tests.faults.harness import StreamReport, metric
 from tests.support.timing import wait_for
 
 F = "gateway_wsfanout_"
@@ -77,3 +77,14 @@ def assert_accounted(c: FanoutCounters, delivered_unique: int) -> None:
     client got or a counted drop: nothing vanishes between the SUB socket and the client."""
     assert c.received == c.accepted + c.dup_dedup + c.dup_seq + c.bad_frames, c
     assert c.accepted == delivered_unique, (c, delivered_unique)
+
+
+def assert_late_not_lost(report: StreamReport, c: FanoutCounters, awaited: float) -> None:
+    """Frames held back (a frozen decoder, a silent line) arrived late: the client has
+    every event once, and the fan-out counted each awaited seq as reordered, none lost."""
+    assert report.lost == [], report.summary()
+    assert report.duplicates == 0, report.summary()
+    assert c.frames_lost == 0 and c.late == 0, c
+    assert report.reordered > 0  # the held frames did arrive after later ones
+    assert c.reordered >= awaited  # each awaited seq filled its gap
+    assert_accounted(c, report.distinct)

@@ -18,7 +18,13 @@ from typing import Any
 
 import pytest
 
-from tests.faults.checks import assert_accounted, fanout_counters, ingest_value, settled_counters
+from tests.faults.checks import (
+    assert_accounted,
+    assert_late_not_lost,
+    fanout_counters,
+    ingest_value,
+    settled_counters,
+)
 from tests.faults.client import StreamClient
 from tests.faults.conftest import GatewayFactory
 from tests.faults.harness import (
@@ -165,12 +171,7 @@ def test_f12_frozen_decoder_resumed_its_frames_are_reordered_not_lost(
         longest_silence_s=round(out.gap_seconds, 2),
         fanout=counters.as_dict(),
     )
-    assert out.report.lost == [], out.report.summary()
-    assert out.report.duplicates == 0
-    assert counters.frames_lost == 0 and counters.late == 0
-    assert out.report.reordered > 0  # the frozen decoder's frames did arrive after later ones
-    assert counters.reordered >= seen["pending_peak"]  # each awaited seq filled its gap
-    assert_accounted(counters, out.report.distinct)
+    assert_late_not_lost(out.report, counters, seen["pending_peak"])
 
 
 @pytest.mark.timeout(120)
@@ -461,11 +462,7 @@ def test_silent_link_to_one_decoder_delays_only_what_it_was_sent_and_loses_nothi
     assert seen["carried_during_cut"] >= 250, seen
     # ... the silent one was sent no more than its credit, and all of it arrived late.
     assert 0 < seen["pending_peak"] <= credit, seen
-    assert counters.reordered >= seen["pending_peak"]
+    assert_late_not_lost(out.report, counters, seen["pending_peak"])
     # Ingest acked them to the broker after the confirm timeout: from then on the gateway's
     # own queues carried them (a line that never heals loses them, counted in frames_lost).
     assert ingest_value(gw, UNCONFIRMED) >= seen["pending_peak"]
-    assert out.report.lost == [], out.report.summary()
-    assert out.report.duplicates == 0, out.report.summary()
-    assert counters.frames_lost == 0 and counters.late == 0
-    assert_accounted(counters, out.report.distinct)
