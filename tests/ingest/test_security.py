@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -141,6 +142,14 @@ def test_bad_credentials_are_explained_with_backoff(
     )
     attempts = [int(a) for a in re.findall(r"\(attempt (\d+)\)", wrong.log_text())]
     assert attempts[:3] == [1, 2, 3]  # one line per attempt, each after a back-off
+    # Each attempt waited at least the delay the previous line announced: no hot loop.
+    lines = re.findall(
+        r"^(\S+ \S+) .*retrying in ([\d.]+) s \(attempt", wrong.log_text(), re.MULTILINE
+    )
+    assert len(lines) >= 3, lines
+    at = [datetime.datetime.strptime(t, "%Y-%m-%d %H:%M:%S,%f").timestamp() for t, _ in lines]
+    for (before, (_, delay)), after in zip(zip(at, lines, strict=False), at[1:], strict=False):
+        assert after - before >= float(delay) - 0.06, (lines, at)  # logged as %.1f
     assert wrong.stop() == 0
     assert "wrong-staple" not in wrong.log_text()
 
