@@ -5,8 +5,8 @@ than 128 of them with 431, and drops a connection that sends no valid HTTP or do
 finish the handshake within ``WEBSOCKET_OPEN_TIMEOUT``, all without a log line at our
 level and without calling ``process_request``. Those are hostile or broken clients, so
 they are counted in ``gateway_wsfanout_handshakes_rejected_total`` and logged (rate
-limited) like the gate's own refusals. A connection closed before it sent a whole request
-(a TCP health check, a port scan) is not bad input and is neither. At shutdown the
+limited) like the gate's own refusals. A connection closed without sending a byte (a TCP
+health check, a port scan) is not bad input and is neither. At shutdown the
 connections still in their handshake are dropped at once: they are not clients yet.
 """
 
@@ -68,9 +68,10 @@ class Handshakes:
     def __init__(self, on_refused: OnRefused) -> None:
         self.opening: set[ServerConnection] = set()
         self.closing = False
-        self.connection_class = self._connection_class(on_refused)
+        self.on_refused = on_refused
+        self.connection_class = self._connection_class()
 
-    def _connection_class(self, on_refused: OnRefused) -> type[ServerConnection]:
+    def _connection_class(self) -> type[ServerConnection]:
         handshakes = self
 
         class CountedConnection(ServerConnection):
@@ -78,25 +79,28 @@ class Handshakes:
                 if handshakes.closing:  # accepted while the server was closing
                     self.transport.abort()
                 handshakes.opening.add(self)
+                timed_out = False
                 try:
                     await super().handshake(*args, **kwargs)
                 except asyncio.CancelledError:  # the open timeout, or the loop ending
-                    if self.request is None and not handshakes.closing:
-                        # A refused client that kept its socket open ends up here too.
-                        why = refusal(self.protocol.handshake_exc)
-                        on_refused(
-                            *(why or ("timeout", "no complete request within the open timeout")),
-                            self,
-                        )
+                    timed_out = True
                     raise
                 finally:
                     handshakes.opening.discard(self)
-                if handshakes.closing:
-                    return  # we dropped it ourselves
-                if self.request is None and (found := refusal(self.protocol.handshake_exc)):
-                    on_refused(*found, self)
+                    handshakes._report(self, timed_out)
 
         return CountedConnection
+
+    def _report(self, conn: ServerConnection, timed_out: bool) -> None:
+        if conn.request is not None or self.closing:  # the gate's, or dropped by us
+            return
+        # A client refused with 414/431 that keeps its socket open also runs out of time:
+        # it counts by its status.
+        found = refusal(conn.protocol.handshake_exc)
+        if found is None and timed_out:
+            found = ("timeout", "no complete request within the open timeout")
+        if found is not None:
+            self.on_refused(*found, conn)
 
     def abort_opening(self) -> int:
         """At shutdown: drop every connection still in its handshake, and any accepted
