@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import threading
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from tests.conftest import load_fixture
 from tests.support.broker import Broker
+from tests.support.http import healthz
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_endpoint, free_port
 from tests.support.procs import ROOT
@@ -92,13 +92,6 @@ class Supervised:
         self._reader.join(timeout=10)
         return code
 
-    def healthy(self, port: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -128,7 +121,7 @@ def test_the_shipped_supervisord_conf_runs_the_gateway_and_stops_it_cleanly(
         (s.decode_metrics, "decode"),
         (s.ingest_metrics, "ingest"),
     ):
-        wait_for(lambda p=port: s.healthy(p), 60, f"{name} healthy under supervisord")
+        wait_for(lambda p=port: healthz(p) == 200, 60, f"{name} healthy under supervisord")
     client = Collector(f"ws://127.0.0.1:{s.ws_port}/")
     try:
         event = load_fixture("chirpstack_v4_up.json")  # ChirpStack's own sample uplink

@@ -14,8 +14,9 @@ from services.ingest.fast_paho import FastClient
 from services.ingest.metrics import Metrics
 from services.ingest.mqtt_link import MqttLink
 from tests.ingest.conftest import StartIngest, count_lines
-from tests.ingest.helpers import FrameCollector, healthz, numbered, numbers, scrape
+from tests.ingest.helpers import FrameCollector, numbered, numbers, scrape
 from tests.support.broker import Broker
+from tests.support.http import healthz
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_port
 from tests.support.timing import seconds, wait_for

@@ -11,8 +11,9 @@ import pytest
 import zmq
 
 from tests.ingest.conftest import SUBSCRIBED, StartIngest, count_lines, wait_for_lines
-from tests.ingest.helpers import FrameCollector, healthz, numbered, numbers, scrape
+from tests.ingest.helpers import FrameCollector, numbered, numbers, scrape
 from tests.support.broker import Broker
+from tests.support.http import healthz
 from tests.support.mqtt import Publisher
 from tests.support.ports import free_endpoint, free_port
 from tests.support.procs import ServiceProcess
