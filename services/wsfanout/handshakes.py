@@ -102,11 +102,9 @@ class Handshakes:
         if found is not None:
             self.on_refused(*found, conn)
 
-    def abort_opening(self) -> int:
+    def abort_opening(self) -> None:
         """At shutdown: drop every connection still in its handshake, and any accepted
-        from now on; how many there were."""
+        from now on."""
         self.closing = True
-        dropped = list(self.opening)
-        for conn in dropped:
+        for conn in list(self.opening):  # a copy: each leaves the set as its handshake ends
             conn.transport.abort()
-        return len(dropped)
